@@ -1,0 +1,119 @@
+"""Noise schedules as pure functions, computed once into a per-step coefficient table.
+
+Every sampler step in cdx is the same update (see `cdx.kernels.reference`):
+
+    pred_x0 = (x - A * eps) / B
+    x_prev  = C * pred_x0 + D * eps + E * x + sigma * noise
+
+DDIM (Song et al. 2021, Eq. 12) uses A = sqrt(1 - a_t), B = sqrt(a_t), C = sqrt(a_prev),
+D = sqrt(1 - a_prev - sigma^2), E = 0. DDPM ancestral sampling (Ho et al. 2020, the paper's
+Algorithm 2, on a strided set of timesteps) uses the posterior q(x_s | x_t, x0): C = coef1,
+E = coef2, D = 0. The table is float32, indexed by step i = 0..N-1 in sampling order (t descending),
+and is shared by every backend and by the fused kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Column order of `StepTable.coeffs`.
+COEFF_NAMES = ("A", "B", "C", "D", "E", "sigma")
+PI32 = float(np.float32(np.pi))  # float32 pi, as the official code gets it from acos(0) * 2
+
+
+def linear_betas(n: int = 1000, start: float = 0.0015, end: float = 0.0195) -> np.ndarray:
+    """LDM 'linear' schedule: linspace(sqrt(start), sqrt(end), n)^2 in float64."""
+    return np.linspace(start ** 0.5, end ** 0.5, n, dtype=np.float64) ** 2
+
+
+def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
+    """Cumulative product of (1 - beta), rounded to float32 as the official model stores it."""
+    return np.cumprod(1.0 - betas, axis=0).astype(np.float32)
+
+
+def ddim_timesteps(num_steps: int, num_train_steps: int = 1000) -> np.ndarray:
+    """The official 'uniform' discretisation, ascending: range(0, T, T // S) + 1.
+
+    Its quirk is kept: T // S does not always divide T, so asking for 7 steps gives 8.
+    """
+    if num_steps < 1 or num_steps > num_train_steps:
+        raise ValueError(f"steps must be in 1..{num_train_steps}, got {num_steps}")
+    stride = num_train_steps // num_steps
+    return np.asarray(list(range(0, num_train_steps, stride)), dtype=np.int64) + 1
+
+
+def cosine_decay(t: int, num_train_steps: int = 1000) -> float:
+    """The official influence decay k(t) = (cos((1 - t/T) * pi) + 1) / 2, in float32 torch ops."""
+    tt = torch.tensor(float(t), dtype=torch.float32)
+    k = (torch.cos((1 - tt / num_train_steps) * PI32) + 1) / 2
+    return float(k)
+
+
+@dataclass(frozen=True)
+class StepTable:
+    """Everything the sampling loop needs per step, known before the loop starts."""
+
+    timesteps: np.ndarray  # (N,) int64, sampling order (descending)
+    coeffs: np.ndarray  # (N, 6) float32, columns COEFF_NAMES
+    kind: str  # "ddim" or "ddpm"
+    eta: float
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+
+def ddim_table(acp: np.ndarray, num_steps: int, eta: float = 0.0) -> StepTable:
+    """DDIM coefficients exactly as the official sampler rounds them (all scalars float32)."""
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    acp = np.asarray(acp, dtype=np.float32)
+    ts = ddim_timesteps(num_steps, acp.shape[0])
+    a = acp[ts]  # float32
+    a_prev = np.asarray([acp[0]] + acp[ts[:-1]].tolist(), dtype=np.float64)  # first is acp[0], not 1
+    sigma64 = eta * np.sqrt((1 - a_prev) / (1 - a.astype(np.float64)) * (1 - a.astype(np.float64) / a_prev))
+    a32 = a.astype(np.float32)
+    a_prev32 = a_prev.astype(np.float32)
+    sigma32 = sigma64.astype(np.float32)
+    one = np.float32(1.0)
+    coeffs = np.stack(
+        [
+            np.sqrt(one - a32),  # A = sqrt(1 - a_t)
+            np.sqrt(a32),  # B = sqrt(a_t)
+            np.sqrt(a_prev32),  # C = sqrt(a_prev)
+            np.sqrt(one - a_prev32 - sigma32 * sigma32),  # D = sqrt(1 - a_prev - sigma^2)
+            np.zeros_like(a32),  # E
+            sigma32,
+        ],
+        axis=1,
+    ).astype(np.float32)
+    # Sampling order: t descending, so the ascending arrays are read backwards.
+    return StepTable(timesteps=ts[::-1].copy(), coeffs=coeffs[::-1].copy(), kind="ddim", eta=float(eta))
+
+
+def ddpm_table(acp: np.ndarray, num_steps: int) -> StepTable:
+    """Ancestral DDPM on the same strided timesteps: posterior q(x_s | x_t, x0) with s the previous step."""
+    acp64 = np.asarray(acp, dtype=np.float64)
+    ts = ddim_timesteps(num_steps, acp64.shape[0])
+    a_t = acp64[ts]
+    a_s = np.concatenate([[1.0], acp64[ts[:-1]]])  # before the first timestep the signal is clean
+    alpha = a_t / a_s
+    beta = 1.0 - alpha
+    coef1 = np.sqrt(a_s) * beta / (1.0 - a_t)
+    coef2 = np.sqrt(alpha) * (1.0 - a_s) / (1.0 - a_t)
+    var = beta * (1.0 - a_s) / (1.0 - a_t)
+    coeffs = np.stack(
+        [np.sqrt(1 - a_t), np.sqrt(a_t), coef1, np.zeros_like(a_t), coef2, np.sqrt(var)], axis=1
+    ).astype(np.float32)
+    return StepTable(timesteps=ts[::-1].copy(), coeffs=coeffs[::-1].copy(), kind="ddpm", eta=1.0)
+
+
+def make_table(acp: np.ndarray, num_steps: int, sampler: str = "ddim", eta: float = 0.0) -> StepTable:
+    """Dispatch on the sampler name."""
+    if sampler == "ddim":
+        return ddim_table(acp, num_steps, eta)
+    if sampler == "ddpm":
+        return ddpm_table(acp, num_steps)
+    raise ValueError(f"unknown sampler {sampler!r} (expected 'ddim' or 'ddpm')")
