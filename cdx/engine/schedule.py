@@ -73,7 +73,9 @@ def ddim_table(acp: np.ndarray, num_steps: int, eta: float = 0.0) -> StepTable:
     ts = ddim_timesteps(num_steps, acp.shape[0])
     a = acp[ts]  # float32
     a_prev = np.asarray([acp[0]] + acp[ts[:-1]].tolist(), dtype=np.float64)  # first is acp[0], not 1
-    sigma64 = eta * np.sqrt((1 - a_prev) / (1 - a.astype(np.float64)) * (1 - a.astype(np.float64) / a_prev))
+    # The official expression mixes a float32 tensor and float64 arrays: 1 - a_t is rounded to float32.
+    one_minus_a = (np.float32(1) - a).astype(np.float64)
+    sigma64 = eta * np.sqrt((1 - a_prev) / one_minus_a * (1 - a.astype(np.float64) / a_prev))
     a32 = a.astype(np.float32)
     a_prev32 = a_prev.astype(np.float32)
     sigma32 = sigma64.astype(np.float32)

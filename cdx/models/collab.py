@@ -1,0 +1,39 @@
+"""The collaborative model: per modality a condition encoder, a collaborator UNet and a dynamic
+diffuser, plus the shared KL autoencoder. Networks are addressed by the names the bundle, the
+export and every runner use."""
+from __future__ import annotations
+
+from torch import nn
+
+from .autoencoder import Autoencoder
+from .config import MASK_TOKENS, ModelConfig
+from .text_encoder import MaskEncoder, TextEncoder
+from .unet import UNet
+
+
+def encoder_for(m) -> nn.Module:
+    if m.kind == "text":
+        return TextEncoder(m.text)
+    if m.kind == "mask":
+        return MaskEncoder(MASK_TOKENS, m.context_dim)
+    raise ValueError(f"unknown modality kind {m.kind!r}")
+
+
+class CollaborativeModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoders = nn.ModuleDict({m.name: encoder_for(m) for m in cfg.modalities})
+        self.unets = nn.ModuleDict({m.name: UNet(m.unet) for m in cfg.modalities})
+        self.diffusers = nn.ModuleDict({m.name: UNet(m.diffuser) for m in cfg.modalities})
+        self.vae = Autoencoder(cfg.autoencoder)
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Every stored network by its bundle name: {m}_encoder, {m}_unet, {m}_diffuser, vae."""
+        nets = {}
+        for m in self.cfg.modalities:
+            nets[f"{m.name}_encoder"] = self.encoders[m.name]
+            nets[f"{m.name}_unet"] = self.unets[m.name]
+            nets[f"{m.name}_diffuser"] = self.diffusers[m.name]
+        nets["vae"] = self.vae
+        return nets

@@ -1,0 +1,162 @@
+"""Typed model configuration and named presets.
+
+A model is a list of modalities (each: a condition encoder, a collaborator UNet and a dynamic
+diffuser) sharing one KL autoencoder and one noise schedule. Collaboration is data: any number
+of modalities, in a fixed order.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .autoencoder import AutoencoderConfig
+from .text_encoder import TextEncoderConfig
+from .unet import UNetConfig
+
+MASK_CLASSES = 19
+MASK_TOKENS = 1024  # 32 x 32 label map, flattened
+
+
+@dataclass(frozen=True)
+class ModalityConfig:
+    name: str  # "mask" or "text" (or any name a researcher gives a new modality)
+    kind: str  # "mask" or "text": how its condition is encoded
+    unet: UNetConfig
+    diffuser: UNetConfig
+    text: TextEncoderConfig | None = None  # for kind == "text"
+    context_dim: int = 32
+    # Official influence shaping: the decay k(t) applied to this modality's weight and its scale.
+    decay: str = "none"  # "cosine" or "none"
+    influence_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    preset: str
+    modalities: tuple[ModalityConfig, ...]
+    autoencoder: AutoencoderConfig
+    latent_channels: int = 3
+    latent_size: tuple[int, int] = (16, 16)
+    scale_factor: float = 1.0
+    timesteps: int = 1000
+    linear_start: float = 0.0015
+    linear_end: float = 0.0195
+    shaping: bool = True  # official shaping on by default for the official presets
+    guidance_scale: float = 1.0
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        f = self.autoencoder.downsample_factor
+        return (self.latent_size[0] * f, self.latent_size[1] * f)
+
+    def modality(self, name: str) -> ModalityConfig:
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    @property
+    def receiver(self) -> int:
+        """The modality that takes the weight the decayed modalities give up (the last undecayed one)."""
+        idx = [i for i, m in enumerate(self.modalities) if m.decay == "none"]
+        return idx[-1] if idx else len(self.modalities) - 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        mods = []
+        for m in d["modalities"]:
+            mods.append(ModalityConfig(
+                name=m["name"], kind=m["kind"],
+                unet=UNetConfig.from_dict(m["unet"]), diffuser=UNetConfig.from_dict(m["diffuser"]),
+                text=TextEncoderConfig.from_dict(m["text"]) if m.get("text") else None,
+                context_dim=m["context_dim"], decay=m.get("decay", "none"),
+                influence_scale=float(m.get("influence_scale", 1.0)),
+            ))
+        rest = {k: v for k, v in d.items() if k not in ("modalities", "autoencoder")}
+        rest["latent_size"] = tuple(rest["latent_size"])
+        return cls(modalities=tuple(mods), autoencoder=AutoencoderConfig.from_dict(d["autoencoder"]), **rest)
+
+
+def _official(preset: str, vae_mult: tuple[int, ...], resolution: int, scale_factor: float) -> ModelConfig:
+    ctx = 640
+    unet = UNetConfig(in_channels=3, out_channels=3, model_channels=192, channel_mult=(1, 2, 3, 5),
+                      num_res_blocks=2, attention_resolutions=(8, 4, 2), num_heads=32, context_dim=ctx)
+    diffuser = dataclasses.replace(unet, out_channels=1, model_channels=32)
+    text = TextEncoderConfig(n_embed=ctx, n_layer=32, vocab_size=30522, max_seq_len=77)
+    return ModelConfig(
+        preset=preset,
+        modalities=(
+            ModalityConfig("mask", "mask", unet, diffuser, context_dim=ctx, decay="cosine", influence_scale=2.0),
+            ModalityConfig("text", "text", unet, diffuser, text=text, context_dim=ctx),
+        ),
+        autoencoder=AutoencoderConfig(embed_dim=3, z_channels=3, ch=128, ch_mult=vae_mult, num_res_blocks=2,
+                                      resolution=resolution),
+        latent_channels=3, latent_size=(64, 64), scale_factor=scale_factor, shaping=True,
+    )
+
+
+def tiny() -> ModelConfig:
+    """A small configuration of the same family, for CPU work and tests (latent 3x16x16, image 64x64)."""
+    ctx = 64
+    unet = UNetConfig(in_channels=3, out_channels=3, model_channels=64, channel_mult=(1, 2, 2),
+                      num_res_blocks=1, attention_resolutions=(2, 4), num_heads=4, context_dim=ctx)
+    diffuser = UNetConfig(in_channels=3, out_channels=1, model_channels=32, channel_mult=(1, 2),
+                          num_res_blocks=1, attention_resolutions=(2,), num_heads=4, context_dim=ctx)
+    text = TextEncoderConfig(n_embed=ctx, n_layer=2, vocab_size=30522, max_seq_len=77, heads=4, dim_head=16)
+    return ModelConfig(
+        preset="tiny",
+        modalities=(
+            ModalityConfig("mask", "mask", unet, diffuser, context_dim=ctx),
+            ModalityConfig("text", "text", unet, diffuser, text=text, context_dim=ctx),
+        ),
+        autoencoder=AutoencoderConfig(embed_dim=3, z_channels=3, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                      resolution=64),
+        latent_channels=3, latent_size=(16, 16), scale_factor=1.0, shaping=False,
+    )
+
+
+PRESETS = {
+    "official-256": lambda: _official("official-256", (1, 2, 4), 256, 0.058),
+    "official-512": lambda: _official("official-512", (1, 2, 4, 4), 512, 0.141),
+    "tiny": tiny,
+}
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def from_official_configs(configs: dict, preset_name: str = "official-custom",
+                          latent_size: tuple[int, int] | None = None) -> ModelConfig:
+    """Build a ModelConfig from the official YAML configs (as dicts: compose, text_ldm, mask_ldm)."""
+    comp = configs["compose"]["params"]
+    text_p = configs["text_ldm"]["model"]["params"]
+    mask_p = configs["mask_ldm"]["model"]["params"]
+    conf = comp["compose_unet_config"]["params"]["confidence_map_predictor_config"]["params"]
+    ae = text_p["first_stage_config"]["params"]
+    bert = text_p["cond_stage_config"]["params"]
+    seg = mask_p["cond_stage_config"]["params"]
+    text_cfg = TextEncoderConfig(n_embed=bert["n_embed"], n_layer=bert["n_layer"],
+                                 vocab_size=bert.get("vocab_size", 30522), max_seq_len=bert.get("max_seq_len", 77))
+    size = comp["image_size"]
+    return ModelConfig(
+        preset=preset_name,
+        modalities=(
+            ModalityConfig("mask", "mask", UNetConfig.from_dict(mask_p["unet_config"]["params"]),
+                           UNetConfig.from_dict(conf), context_dim=seg["context_dim"], decay="cosine",
+                           influence_scale=2.0),
+            ModalityConfig("text", "text", UNetConfig.from_dict(text_p["unet_config"]["params"]),
+                           UNetConfig.from_dict(conf), text=text_cfg, context_dim=bert["n_embed"]),
+        ),
+        autoencoder=AutoencoderConfig.from_dict({**ae["ddconfig"], "embed_dim": ae["embed_dim"]}),
+        latent_channels=comp["channels"],
+        latent_size=tuple(latent_size or (size if isinstance(size, (list, tuple)) else (size, size))),
+        scale_factor=comp["scale_factor"], timesteps=comp["timesteps"],
+        linear_start=comp["linear_start"], linear_end=comp["linear_end"], shaping=True,
+    )
+
