@@ -37,3 +37,17 @@ class CollaborativeModel(nn.Module):
             nets[f"{m.name}_diffuser"] = self.diffusers[m.name]
         nets["vae"] = self.vae
         return nets
+
+    def module(self, name: str) -> nn.Module:
+        """The nn.Module behind an engine network name (see cdx.export.spec), positional inputs."""
+        from .autoencoder import VaeDecoder, VaeEncoder
+
+        if name == "vae_decoder":
+            return VaeDecoder(self.vae, self.cfg.scale_factor)
+        if name == "vae_encoder":
+            return VaeEncoder(self.vae, self.cfg.scale_factor)
+        mod, _, part = name.rpartition("_")
+        table = {"encoder": self.encoders, "unet": self.unets, "diffuser": self.diffusers}.get(part)
+        if table is None or mod not in table:
+            raise KeyError(f"no network named {name!r}")
+        return table[mod]

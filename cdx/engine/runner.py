@@ -1,0 +1,56 @@
+"""One runner interface for every backend: named tensors in, named tensors out.
+
+The sampling loop only calls `runner.run(network, inputs)`; it never asks which backend it drives.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from ..export.spec import NetworkSpec, network_specs
+from ..models.collab import CollaborativeModel
+
+
+class Runner(Protocol):
+    backend: str
+    device: torch.device
+    specs: dict[str, NetworkSpec]
+
+    def run(self, network: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+class TorchRunner:
+    """The reference backend: the PyTorch modules, fp32 on CPU, any dtype on CUDA."""
+
+    backend = "torch"
+
+    def __init__(self, model: CollaborativeModel, device: str | torch.device = "cpu", dtype=torch.float32):
+        self.device, self.dtype = torch.device(device), dtype
+        self.model = model.to(self.device).eval()
+        self.cfg = model.cfg
+        self.specs = network_specs(model.cfg)
+        self._modules = {}
+        if dtype != torch.float32:
+            for m in model.cfg.modalities:  # encoders stay fp32: they run once per request
+                model.unets[m.name].to(dtype)
+                model.diffusers[m.name].to(dtype)
+
+    def _module(self, name: str):
+        if name not in self._modules:
+            self._modules[name] = self.model.module(name)
+        return self._modules[name]
+
+    def net_dtype(self, name: str):
+        return self.dtype if self.specs[name].kind in ("unet", "diffuser") else torch.float32
+
+    @torch.inference_mode()
+    def run(self, network: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        spec = self.specs[network]
+        dt = self.net_dtype(network)
+        args = []
+        for t in spec.inputs:
+            v = inputs[t.name].to(self.device)
+            args.append(v.to(dt) if v.is_floating_point() else v)
+        out = self._module(network)(*args)
+        return {spec.outputs[0].name: out.float() if out.dtype != torch.float32 else out}
