@@ -35,21 +35,26 @@ def manifest_hash(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
-def save_bundle(model: CollaborativeModel, out: str | os.PathLike, extra: dict | None = None) -> str:
-    """Write `model` as a bundle folder at `out` (replacing an existing bundle); returns its hash."""
+def save_bundle(model: CollaborativeModel, out: str | os.PathLike, extra: dict | None = None,
+                dtype: torch.dtype = torch.float32) -> str:
+    """Write `model` as a bundle folder at `out` (replacing an existing bundle); returns its hash.
+
+    `dtype=torch.float16` halves the files (the shipped model); loading always casts to fp32."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         files = {}
         for name, net in model.networks().items():
-            state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+            state = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu()
+                     for k, v in net.state_dict().items()}
             path = tmp / f"{name}.safetensors"
             save_file(state, str(path))
             files[name] = {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size}
         manifest = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(), "files": files,
                     "extra": extra or {}}
         (tmp / "bundle.json").write_text(json.dumps(manifest, indent=1))
+        os.chmod(tmp, 0o755)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

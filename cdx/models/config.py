@@ -118,9 +118,30 @@ def tiny() -> ModelConfig:
     )
 
 
+def small() -> ModelConfig:
+    """The architecture of the shipped default model: 64x64 faces, latent 3x16x16, about 10 M parameters."""
+    ctx = 64
+    unet = UNetConfig(in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2, 4),
+                      num_res_blocks=1, attention_resolutions=(2, 4), num_heads=4, context_dim=ctx)
+    diffuser = UNetConfig(in_channels=3, out_channels=1, model_channels=32, channel_mult=(1, 2),
+                          num_res_blocks=1, attention_resolutions=(2,), num_heads=4, context_dim=ctx)
+    text = TextEncoderConfig(n_embed=ctx, n_layer=2, vocab_size=30522, max_seq_len=77, heads=4, dim_head=16)
+    return ModelConfig(
+        preset="small",
+        modalities=(
+            ModalityConfig("mask", "mask", unet, diffuser, context_dim=ctx),
+            ModalityConfig("text", "text", unet, diffuser, text=text, context_dim=ctx),
+        ),
+        autoencoder=AutoencoderConfig(embed_dim=3, z_channels=3, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                      resolution=64),
+        latent_channels=3, latent_size=(16, 16), scale_factor=1.0, shaping=False,
+    )
+
+
 PRESETS = {
     "official-256": lambda: _official("official-256", (1, 2, 4), 256, 0.058),
     "official-512": lambda: _official("official-512", (1, 2, 4, 4), 512, 0.141),
+    "small": small,
     "tiny": tiny,
 }
 

@@ -1,0 +1,1 @@
+"""One module per `cdx` command; each adds itself to `cdx.cli.main`."""

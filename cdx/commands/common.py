@@ -1,0 +1,51 @@
+"""Options and helpers shared by the commands."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+import numpy as np
+
+from ..errors import InputError
+from ..io import atomic_path
+
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def check_output_path(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Refuse an output we could not write, before any work is done."""
+    p = Path(path)
+    if p.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(f"{what} {p}: use one of {', '.join(IMAGE_SUFFIXES)}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{what} {p}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and (p.is_dir() or not os.access(p, os.W_OK))):
+        raise InputError(f"{what} {p}: not writable")
+    return p
+
+
+def save_image(path: Path, array: np.ndarray) -> None:
+    """Write an (H, W, 3) or (H, W) uint8 array atomically."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format=IMAGE_SUFFIXES[path.suffix.lower()])
+
+
+def grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
+    """(B, H, W, 3) -> one row (H, B*W + pads, 3)."""
+    if images.shape[0] == 1:
+        return images[0]
+    parts = []
+    for i, im in enumerate(images):
+        if i:
+            parts.append(np.full((im.shape[0], pad, 3), 255, np.uint8))
+        parts.append(im)
+    return np.concatenate(parts, axis=1)
+
+
+def checkpoint_option(f):
+    return click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+                        help="Checkpoint bundle folder (default: the model shipped with cdx).")(f)

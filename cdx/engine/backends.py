@@ -1,0 +1,72 @@
+"""Choosing and building a runner: torch, ONNX Runtime (export cached by bundle hash) or TensorRT."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..defaults import cache_dir
+from ..errors import CdxError
+from ..models.bundle import bundle_hash, load_bundle
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+def cached_export(checkpoint: Path, progress=None) -> Path:
+    """The ONNX export of `checkpoint` in the cache, made on first use (keyed by the bundle hash)."""
+    from ..export.onnx_export import export_bundle
+
+    digest = bundle_hash(checkpoint)
+    folder = cache_dir() / "onnx" / digest[:24]
+    if not (folder / "manifest.json").is_file():
+        export_bundle(checkpoint, folder, progress=progress)
+    return folder
+
+
+def _trt_usable(engine_dir: Path | None) -> tuple[bool, str]:
+    if engine_dir is None or not (engine_dir / "engines.json").is_file():
+        return False, "no TensorRT engines given"
+    try:
+        from .trt import available
+    except ImportError:
+        return False, "TensorRT runner not built into this install"
+    return available()
+
+
+def make_runner(backend: str, checkpoint: Path | None, engine_dir: Path | None = None, device: str | None = None,
+                dtype: torch.dtype = torch.float32, progress=None):
+    """Returns (runner, one-line description of the choice)."""
+    if backend not in BACKENDS:
+        raise CdxError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        usable, why = _trt_usable(engine_dir)
+        if usable:
+            backend = "tensorrt"
+        else:
+            backend = "onnxruntime"
+    if backend == "torch":
+        if checkpoint is None:
+            raise CdxError("the torch backend needs a checkpoint bundle (--checkpoint)")
+        from .runner import TorchRunner
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return TorchRunner(load_bundle(checkpoint), dev, dtype), f"backend: torch ({dev}, {str(dtype)[6:]})"
+    if backend == "onnxruntime":
+        from .ort_runner import OrtRunner
+
+        if engine_dir is not None:
+            expect = bundle_hash(checkpoint) if checkpoint is not None else None  # refuse a foreign export
+            runner = OrtRunner(engine_dir, expect_bundle_hash=expect)
+            return runner, f"backend: onnxruntime ({', '.join(runner.providers)}) on {engine_dir}"
+        if checkpoint is None:
+            raise CdxError("the onnxruntime backend needs --checkpoint or --engine-dir")
+        folder = cached_export(checkpoint, progress)
+        runner = OrtRunner(folder, expect_bundle_hash=bundle_hash(checkpoint))
+        return runner, f"backend: onnxruntime ({', '.join(runner.providers)}), export cached in {folder}"
+    usable, why = _trt_usable(engine_dir)
+    if not usable:
+        raise CdxError(f"tensorrt backend unavailable: {why}")
+    from .trt import TensorRTRunner
+
+    runner = TensorRTRunner(engine_dir)
+    return runner, f"backend: tensorrt on {engine_dir}"
