@@ -38,12 +38,16 @@ def run(text, mask, out, checkpoint, backend, engine_dir, seed, steps, eta, samp
     from ..engine.backends import make_runner
     from ..engine.pipeline import Request, generate, influence_grid
     from ..errors import InputError
+    from ..models.masks import load_label_map
     from tqdm import tqdm
 
     req = Request(text=text, mask=str(mask) if mask else None, seed=seed, steps=steps, eta=eta, batch=batch,
                   sampler=sampler, shaping=shaping, save_influence=save_influence is not None)
-    if mask is not None and not mask.is_file():
-        raise InputError(f"--mask {mask}: file not found")
+    for flag, value, ok in (("--steps", steps, steps >= 1), ("--batch", batch, batch >= 1), ("--eta", eta, eta >= 0)):
+        if not ok:
+            raise InputError(f"{flag} {value}: out of range (steps and batch >= 1, eta >= 0)")
+    if mask is not None:
+        load_label_map(mask)  # refuse a bad mask before any model is loaded
     check_output_path(out)
     if save_influence is not None:
         check_output_path(save_influence, "--save-influence")

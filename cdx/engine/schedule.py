@@ -36,12 +36,15 @@ def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
 def ddim_timesteps(num_steps: int, num_train_steps: int = 1000) -> np.ndarray:
     """The official 'uniform' discretisation, ascending: range(0, T, T // S) + 1.
 
-    Its quirk is kept: T // S does not always divide T, so asking for 7 steps gives 8.
+    Its quirk is kept: T // S does not always divide T, so asking for 7 steps gives 8. Where the
+    official code would ask for t = T (for example 3 steps: 1, 334, 667, 1000) it fails with an index
+    error; cdx drops that one out-of-range timestep instead.
     """
     if num_steps < 1 or num_steps > num_train_steps:
         raise ValueError(f"steps must be in 1..{num_train_steps}, got {num_steps}")
     stride = num_train_steps // num_steps
-    return np.asarray(list(range(0, num_train_steps, stride)), dtype=np.int64) + 1
+    ts = np.asarray(list(range(0, num_train_steps, stride)), dtype=np.int64) + 1
+    return ts[ts < num_train_steps]
 
 
 def cosine_decay(t: int, num_train_steps: int = 1000) -> float:

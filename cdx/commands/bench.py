@@ -1,0 +1,68 @@
+"""`cdx bench`: latency per network, per step and end to end, per backend."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..cli import friendly, main
+from .common import checkpoint_option
+
+
+def random_bundle(preset: str) -> Path:
+    """A bundle of `preset` with random weights, made once in the cache (for per-step cost at real size)."""
+    from ..defaults import cache_dir
+    from ..models.bundle import save_bundle
+    from ..models.config import preset as get_preset
+    from ..models.random_init import random_model
+
+    path = cache_dir() / "random" / f"{preset}-seed0"
+    if not (path / "bundle.json").is_file():
+        save_bundle(random_model(get_preset(preset), seed=0), path, extra={"random_weights": True})
+    return path
+
+
+@main.command()
+@checkpoint_option
+@click.option("--preset", default=None, help="Bench a preset with random weights instead (e.g. official-256).")
+@click.option("--backends", default="torch,onnxruntime", show_default=True)
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--steps", type=int, default=10, show_default=True)
+@click.option("--runs", type=int, default=5, show_default=True)
+@click.option("--warmup", type=int, default=1, show_default=True)
+@click.option("--stages", default="networks,step,end_to_end", show_default=True)
+@click.option("--mask", type=click.Path(path_type=Path), default=None, help="Mask for the end-to-end stage.")
+@click.option("--device", default=None)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
+@friendly
+def bench(checkpoint, preset, backends, batch, steps, runs, warmup, stages, mask, device, json_path, plot_path):
+    """Median latency after warm-up, side by side for several backends."""
+    from ..defaults import default_checkpoint
+    from ..engine.backends import make_runner
+    from ..engine.bench import bench_runner, plot, report, table_text
+    from ..errors import InputError
+    from ..io import atomic_write_text
+
+    if checkpoint and preset:
+        raise InputError("give --checkpoint or --preset, not both")
+    if batch < 1 or steps < 1 or runs < 1 or warmup < 0:
+        raise InputError("--batch, --steps and --runs must be >= 1, --warmup >= 0")
+    ckpt = random_bundle(preset) if preset else (checkpoint or default_checkpoint())
+    stage_set = tuple(s.strip() for s in stages.split(","))
+    results = []
+    for backend in [b.strip() for b in backends.split(",") if b.strip()]:
+        runner, desc = make_runner(backend, ckpt, None, device,
+                                   progress=lambda n: click.echo(f"exporting {n} to ONNX (first use)", err=True))
+        click.echo(desc, err=True)
+        results += bench_runner(runner, preset or runner.cfg.preset, batch, steps, runs, warmup, stage_set,
+                                mask=str(mask) if mask else None, log=lambda s: click.echo(s, err=True))
+        del runner
+    click.echo(table_text(results))
+    if json_path:
+        atomic_write_text(json_path, json.dumps(report(results), indent=1))
+        click.echo(f"wrote {json_path}")
+    if plot_path:
+        plot(results, plot_path)
+        click.echo(f"wrote {plot_path}")
