@@ -186,8 +186,9 @@ class Sample:
 # ----------------------------------------------------------------------------------------------------------------
 
 def _pick(rng: np.random.Generator, probs) -> int:
-    p = np.asarray(probs, dtype=np.float64)
-    return int(rng.choice(len(p), p=p / p.sum()))
+    """Index drawn with the given (unnormalised) probabilities."""
+    c = np.cumsum(probs, dtype=np.float64)
+    return min(int(np.searchsorted(c, rng.random() * c[-1], side="right")), len(c) - 1)
 
 
 def sample_attributes(rng: np.random.Generator) -> Attributes:
@@ -260,7 +261,7 @@ class _Grid:
         rx = max(rx, self.rmin)
         ry = max(ry, self.rmin)
         v = (self.Y - cy) / ry
-        w = rx * (1.0 - k * np.clip(v, 0.0, 1.0)) if k > 0 else rx * (1.0 - k * (v + 1.0) * 0.5)
+        w = rx * (1.0 - k * np.clip(v, 0.0, 1.0)) if k > 0 else rx * (1.0 - k * (np.clip(v, -1.0, 1.0) + 1.0) * 0.5)
         return ((self.X - cx) / w) ** 2 + v * v <= 1.0
 
     def band(self, curve_y, half, x0, x1):
@@ -307,13 +308,15 @@ def render_layout(attrs: Attributes, layout_seed: int, size: int = 64) -> _Layou
     u = r.random(64)  # a fixed number of draws, consumed below in a fixed order
     j = lambda i, lo, hi: lo + (hi - lo) * float(u[i])  # noqa: E731
 
-    g = _Grid(size, cx=j(0, 0.47, 0.53), cy=j(1, 0.44, 0.49), scale=j(2, 1.0, 1.16), roll=j(3, -0.10, 0.10))
-    X, Y = g.X, g.Y
-    lab = np.zeros((size, size), dtype=np.uint8)
-
     rx0, ry0, taper = _FACE_SHAPES[attrs.face_shape]
     rx, ry = rx0 * j(4, 0.96, 1.04), ry0 * j(5, 0.97, 1.03)
     chin = ry
+    cy, scale = j(1, 0.45, 0.49), j(2, 1.05, 1.2)
+    scale = min(scale, (0.9 - cy) / (chin + 0.075))  # chin and shoulders stay inside the picture
+    g = _Grid(size, cx=j(0, 0.47, 0.53), cy=cy, scale=scale, roll=j(3, -0.10, 0.10))
+    X, Y = g.X, g.Y
+    lab = np.zeros((size, size), dtype=np.uint8)
+
     fx = j(6, -0.02, 0.02)
     vol = j(7, 0.0, 0.035)
     hx, hy = rx * 1.06 + 0.012 + vol, ry + 0.035 + vol  # head cap half axes
@@ -321,34 +324,36 @@ def render_layout(attrs: Attributes, layout_seed: int, size: int = 64) -> _Layou
 
     # --- body: hair behind, neck, necklace, cloth -----------------------------------------------------------
     neck_w = rx * j(8, 0.40, 0.48)
+    cap = g.ell(0.0, head_cy, hx, hy)
+    below = Y >= head_cy
     if attrs.hair_length == 2:
-        lab[g.ell(0.0, -0.02, hx + 0.02, ry + j(9, 0.14, 0.22))] = HAIR
+        lab[cap | (g.ell(0.0, head_cy, hx + j(10, 0.01, 0.03), ry + j(9, 0.12, 0.2)) & below)] = HAIR
     elif attrs.hair_length == 3:
-        lab[g.ell(0.0, 0.06, hx + j(10, 0.04, 0.08), j(11, 0.55, 0.7))] = HAIR
+        lab[cap | (g.ell(0.0, head_cy, hx + j(10, 0.03, 0.07), j(11, 0.6, 0.75)) & below)] = HAIR
     neck = (np.abs(X) <= neck_w + 0.35 * np.maximum(Y - chin - 0.03, 0.0)) & (Y >= 0.0)
     lab[neck] = NECK
-    necklace_y = chin + j(12, 0.045, 0.07)
+    necklace_y = chin + j(12, 0.03, 0.05)
+    sh_y = max(chin + j(14, 0.06, 0.1), necklace_y + 0.035)
+    sh_y = min(sh_y, (0.88 - cy) / scale)  # keep the shoulders inside the picture
     if attrs.necklace:
-        curve = necklace_y + 2.5 * X * X
+        curve = min(necklace_y, sh_y - 0.025) + 2.5 * X * X
         lab[g.band(curve, j(13, 0.008, 0.013), -neck_w - 0.02, neck_w + 0.02) & neck] = NECK_L
-    sh_y = max(chin + j(14, 0.095, 0.13), necklace_y + 0.04)
-    dip = j(15, 0.0, 0.10)
+    dip = j(15, 0.0, 0.07)
     cloth_top = sh_y + 0.25 * np.maximum(np.abs(X) - 0.12, 0.0) + dip * np.maximum(1.0 - np.abs(X) / 0.13, 0.0)
     lab[Y >= cloth_top] = CLOTH
     if attrs.hair_length == 3:  # long hair falls in front of the shoulders
-        over = g.ell(0.0, 0.06, hx + j(10, 0.04, 0.08), j(11, 0.55, 0.7)) & (np.abs(X) > neck_w + j(16, 0.02, 0.06))
-        lab[over & (Y > chin)] = HAIR
+        over = g.ell(0.0, head_cy, hx + j(10, 0.03, 0.07), j(11, 0.6, 0.75)) & (Y > chin)
+        lab[over & (np.abs(X) > neck_w + j(16, 0.02, 0.06))] = HAIR
 
     # --- ears (behind the face), bald head ------------------------------------------------------------------
-    ear_y, ear_rx, ear_ry = j(17, 0.0, 0.03), j(18, 0.035, 0.045), j(19, 0.06, 0.075)
-    ear_x = rx * 0.97
+    if attrs.hair_length == 0:
+        lab[g.ell(0.0, head_cy, rx * 1.02, ry + 0.03)] = SKIN
+    ear_y, ear_rx, ear_ry = j(17, 0.0, 0.03), j(18, 0.04, 0.05), j(19, 0.065, 0.08)
+    ear_x = rx * 1.0
     r_ear, l_ear = g.ell(-ear_x, ear_y, ear_rx, ear_ry), g.ell(ear_x, ear_y, ear_rx, ear_ry)
     lab[r_ear] = R_EAR  # person's right = image left
     lab[l_ear] = L_EAR
     ears = r_ear | l_ear
-    cap = g.ell(0.0, head_cy, hx, hy)
-    if attrs.hair_length == 0:
-        lab[g.ell(0.0, head_cy, rx * 1.02, ry + 0.03)] = SKIN
 
     # --- face -----------------------------------------------------------------------------------------------
     face = g.tapered(0.0, 0.0, rx, ry, taper)
@@ -360,7 +365,7 @@ def render_layout(attrs: Attributes, layout_seed: int, size: int = 64) -> _Layou
     nose_bottom = nose_y + nose_h
 
     # eyes (+ eyeglasses underneath them)
-    eye_x, eye_y = rx * j(23, 0.40, 0.46) + 0.0, j(24, -0.045, -0.02)
+    eye_x, eye_y = rx * j(23, 0.40, 0.46), j(24, -0.045, -0.02)
     eye_rx, eye_ry = j(25, 0.04, 0.05), j(26, 0.019, 0.026)
     frame = np.zeros_like(lab, dtype=bool)
     if attrs.eyeglasses:
@@ -504,7 +509,7 @@ def _colourise(attrs: Attributes, lay: _Layout, colour_seed: int) -> np.ndarray:
     hair = _HAIR[attrs.hair_color] * (0.9 + 0.2 * float(u[3]))
     grey = _GREY[attrs.age]
     hair = hair * (1 - grey) + np.float32(185) * grey
-    brow = hair * 0.75 if attrs.hair_color != 2 else hair * 0.6
+    brow = hair * 0.65 if attrs.hair_color != 2 else hair * 0.55
     if attrs.lipstick == 0:
         lip = skin * 0.78 + np.array((40, 0, 0), np.float32)
         lip = np.clip(lip * np.array((1.0, 0.82, 0.85), np.float32), 0, 255)
@@ -544,38 +549,13 @@ def _colourise(attrs: Attributes, lay: _Layout, colour_seed: int) -> np.ndarray:
         side = np.clip(np.abs(X - lay.fx) / lay.rx - 0.45, 0.0, 1.0)
         region = (lab == SKIN) & lay.face & (Y > lay.nose_bottom + drop - rise * side)
         beard_c = hair * 0.7 + np.float32(5)
-        m = np.float32(mix) * (0.8 + 0.4 * np.clip(0.5 + 0.5 * noise[..., 0], 0, 1))
+        lum_b, lum_s = float(beard_c.mean()), float(skin.mean())
+        if lum_b > 0.55 * lum_s:  # a beard always reads darker than the skin under it
+            beard_c = beard_c * np.float32(0.55 * lum_s / lum_b)
+        m = np.float32(mix) * (0.75 + 0.5 * np.clip(0.5 + 0.5 * noise[..., 0], 0, 1))
         img[region] = img[region] * (1 - m[region, None]) + beard_c * m[region, None]
 
-    # shading of the face: darker towards the rim, light from one side
-    lx, ly = float(u[18] - 0.5) * 0.5, float(u[19] - 0.5) * 0.3
-    rr = (X / (lay.rx * 1.1)) ** 2 + (Y / (lay.ry * 1.15)) ** 2
-    shade = 1.06 - 0.16 * np.clip(rr, 0, 1.2) + lx * X / lay.rx
-    img[skinlike] *= shade[skinlike, None]
-
-    # age: wrinkles (nasolabial folds from 30s, forehead lines from 40s, crow's feet from 50s)
-    if attrs.age >= 1:
-        wr = np.zeros_like(lab, dtype=bool)
-        for sx in (-1.0, 1.0):
-            x0 = lay.fx + sx * (lay.nose_rx * 1.6)
-            t = (Y - lay.nose_bottom + 0.01) / 0.07
-            curve_x = x0 + sx * 0.025 * t
-            wr |= (np.abs(X - curve_x) <= max(0.006, 0.5 * g.px)) & (t >= 0) & (t <= 1)
-        if attrs.age >= 2:
-            for k in range(1 + (attrs.age >= 3)):
-                yy = -0.55 * lay.ry - 0.03 * k - 0.01 * float(u[20 + k])
-                wr |= g.band(np.full_like(Y, yy) + 0.25 * X * X, 0.005, -lay.rx * 0.55, lay.rx * 0.55)
-        if attrs.age >= 3:
-            for sx in (-1.0, 1.0):
-                ex = lay.fx + sx * (lay.eye_x + lay.eye_rx * 1.5)
-                for dy in (-0.012, 0.012):
-                    wr |= g.band(lay.eye_y + dy * (1 + 10 * sx * (X - ex)), 0.004, ex - 0.018, ex + 0.018) & (
-                        sx * (X - ex) > 0)
-        wr &= lab == SKIN
-        depth = 0.82 - 0.05 * attrs.age
-        img[wr] *= depth
-
-    # eyes: iris + pupil, looking slightly sideways
+    # overrides: eyes (iris + pupil, looking slightly sideways), teeth, eyeglasses frame
     eyes = (lab == L_EYE) | (lab == R_EYE)
     for sx in (-1.0, 1.0):
         icx = lay.fx + sx * lay.eye_x + lay.gaze * lay.eye_rx * 0.4
@@ -583,33 +563,50 @@ def _colourise(attrs: Attributes, lay: _Layout, colour_seed: int) -> np.ndarray:
         m = eyes & g.ell(icx, lay.eye_y, ir, ir)
         img[m] = iris
         img[m & g.ell(icx, lay.eye_y, ir * 0.45, ir * 0.45)] = (10, 10, 12)
-    # nostrils
-    for sx in (-1.0, 1.0):
-        m = (lab == NOSE) & g.ell(lay.fx + sx * lay.nose_rx * 0.55, lay.nose_bottom - 0.012, 0.011, 0.007)
-        img[m] *= 0.55
-    # teeth
     img[lay.teeth & (lab == MOUTH)] = (238, 234, 222)
-    # eyeglasses frame
     img[lay.frame & (lab == EYE_G)] = frame_c
-    # hair texture: vertical strands + blotches
-    hm = lab == HAIR
-    htex = 1.0 + 0.09 * streak[None, :] + 0.07 * blotch
-    img[hm] *= htex[hm, None]
-    # neck: shadow under the chin
-    nm = (lab == NECK) & (Y < lay.chin + 0.05)
-    img[nm] *= 0.85
-    # cloth folds, background gradient
-    cm = lab == CLOTH
-    img[cm] *= (1.0 + 0.08 * blotch[cm])[:, None]
-    bm = lab == BG
-    grad = 1.0 + (float(u[21]) - 0.5) * 0.4 * (Y / 0.5)
-    img[bm] *= grad[bm, None]
 
-    # soften edges a little (separable [1,2,1] blur), global light, noise
+    # one multiplicative gain map for all the shading and textures
+    lx, ly = float(u[18] - 0.5) * 0.5, float(u[19] - 0.5) * 0.3
+    rr = (X / (lay.rx * 1.1)) ** 2 + (Y / (lay.ry * 1.15)) ** 2
+    shade = 1.06 - 0.16 * np.clip(rr, 0, 1.2) + lx * X / lay.rx  # face: darker rim, light from one side
+    gain = np.where(skinlike, shade, np.float32(1.0))
+    gain = np.where(lab == HAIR, 1.0 + 0.09 * streak[None, :] + 0.07 * blotch, gain)  # strands + blotches
+    gain = np.where(lab == CLOTH, 1.0 + 0.08 * blotch, gain)  # folds
+    gain = np.where(lab == BG, 1.0 + (float(u[21]) - 0.5) * 0.8 * Y, gain)  # background gradient
+    gain = np.where((lab == NECK) & (Y < lay.chin + 0.05), np.float32(0.85), gain)  # shadow under the chin
+    for sx in (-1.0, 1.0):  # nostrils
+        m = (lab == NOSE) & g.ell(lay.fx + sx * lay.nose_rx * 0.55, lay.nose_bottom - 0.012, 0.011, 0.007)
+        gain[m] *= 0.55
+
+    # age: wrinkles (nasolabial folds from 30s, forehead lines from 40s, crow's feet from 50s)
+    if attrs.age >= 1:
+        wr = np.zeros_like(lab, dtype=bool)
+        for sx in (-1.0, 1.0):
+            x0 = lay.fx + sx * (lay.nose_rx * 1.4 + 0.012)
+            t = (Y - lay.nose_bottom + 0.015) / 0.065
+            curve_x = x0 + sx * 0.035 * t
+            wr |= (np.abs(X - curve_x) <= max(0.006, 0.5 * g.px)) & (t >= 0) & (t <= 1)
+        if attrs.age >= 2:
+            for k in range(1 + (attrs.age >= 3)):
+                yy = -0.55 * lay.ry - 0.03 * k - 0.01 * float(u[20 + k])
+                wr |= g.band(yy + 0.25 * X * X, 0.005, -lay.rx * 0.55, lay.rx * 0.55)
+        if attrs.age >= 3:
+            for sx in (-1.0, 1.0):
+                ex = lay.fx + sx * (lay.eye_x + lay.eye_rx * 1.5)
+                for dy in (-0.012, 0.012):
+                    wr |= g.band(lay.eye_y + dy * (1 + 10 * sx * (X - ex)), 0.004, ex - 0.018, ex + 0.018) & (
+                        sx * (X - ex) > 0)
+        wr &= lab == SKIN
+        gain[wr] *= (1.0, 0.9, 0.84, 0.78)[attrs.age]
+    gain *= 1.0 + ly * Y  # global light from above / below
+    img *= gain[..., None]
+
+    # soften edges a little (separable [a, 1-2a, a] blur, lighter at small sizes), global light, noise
+    a = np.float32(min(0.25, 0.0025 * size))
     p = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
-    img = (p[:-2] + 2 * p[1:-1] + p[2:]) * 0.25
-    img = (img[:, :-2] + 2 * img[:, 1:-1] + img[:, 2:]) * 0.25
-    img = img * (1.0 + ly * g.Y[..., None])
+    img = (p[:-2] + p[2:]) * a + p[1:-1] * (1 - 2 * a)
+    img = (img[:, :-2] + img[:, 2:]) * a + img[:, 1:-1] * (1 - 2 * a)
     img += noise * (2.0 + 2.0 * float(u[22]))
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
@@ -721,9 +718,10 @@ def make_caption(attrs: Attributes, rng: np.random.Generator | int | None = None
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     subj, poss, noun, plural = _PRONOUNS[attrs.gender]
-    words = {"has": "have" if plural else "has", "is": "are" if plural else "is",
-             "wears": "wear" if plural else "wears", "doesnt": "don't" if plural else "doesn't", "poss": poss,
-             "Poss": _cap(poss)}
+    sing = {"has": "has", "is": "is", "wears": "wears", "doesnt": "doesn't", "poss": poss, "Poss": _cap(poss)}
+    plur = dict(sing, has="have", is_="are", wears="wear", doesnt="don't")
+    plur["is"] = plur.pop("is_")
+    pron_words = plur if plural else sing  # "They have ..." but "This person has ..."
 
     cands = ["skin", "age"]
     if attrs.hair_length != 0:
@@ -763,10 +761,10 @@ def make_caption(attrs: Attributes, rng: np.random.Generator | int | None = None
     while i < len(phrases):
         kind, text = phrases[i]
         if kind == "cl":
-            sentences.append(text.format_map(words))
+            sentences.append(text.format_map(sing))
             i += 1
             continue
-        who = subject if i == 0 else _cap(subj)
+        who, words = (subject, sing) if i == 0 else (_cap(subj), pron_words)
         s = who + " " + text.format_map(words)
         if i + 1 < len(phrases) and phrases[i + 1][0] == "vp" and rng.random() < 0.5:
             s += " and " + phrases[i + 1][1].format_map(words)
