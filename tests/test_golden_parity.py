@@ -139,3 +139,18 @@ def test_golden_vae_encoder(golden):
     assert rel_err(moments, io["vae_enc/moments"]) <= 1e-5
     z = runner.run("vae_encoder", {"image": io["vae_enc/x"]})["latent"]
     assert rel_err(z, io["vae_enc/z_scaled"]) <= 1e-5
+
+
+def test_golden_bundle_round_trip(golden, tmp_path):
+    """convert -> save_bundle -> load_bundle keeps every network's output (and fp16 bundles stay close)."""
+    from cdx.models.bundle import load_bundle, save_bundle
+
+    meta, io, cfg, runner = golden
+    inputs = {"x": io["single/x_t"], "t": io["single/t"], "context": io["cond/text"]}
+    ref = runner.run("text_unet", inputs)["eps"]
+    save_bundle(runner.model, tmp_path / "b32")
+    again = TorchRunner(load_bundle(tmp_path / "b32", verify_hashes=True))
+    assert torch.equal(again.run("text_unet", inputs)["eps"], ref)
+    save_bundle(runner.model, tmp_path / "b16", dtype=torch.float16)
+    half = TorchRunner(load_bundle(tmp_path / "b16"))
+    assert 0 < rel_err(half.run("text_unet", inputs)["eps"], ref) <= 1e-2

@@ -29,8 +29,9 @@ def linear_betas(n: int = 1000, start: float = 0.0015, end: float = 0.0195) -> n
 
 
 def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
-    """Cumulative product of (1 - beta), rounded to float32 as the official model stores it."""
-    return np.cumprod(1.0 - betas, axis=0).astype(np.float32)
+    """Cumulative product of (1 - beta) in float64. The official model stores it rounded to float32,
+    which is what its DDIM sampler reads (`ddim_table` rounds); its DDPM buffers come from float64."""
+    return np.cumprod(1.0 - betas, axis=0)
 
 
 def ddim_timesteps(num_steps: int, num_train_steps: int = 1000) -> np.ndarray:
@@ -69,7 +70,8 @@ class StepTable:
 
 
 def ddim_table(acp: np.ndarray, num_steps: int, eta: float = 0.0) -> StepTable:
-    """DDIM coefficients exactly as the official sampler rounds them (all scalars float32)."""
+    """DDIM coefficients exactly as the official sampler rounds them (all scalars float32, from the
+    float32 alphas_cumprod buffer)."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     acp = np.asarray(acp, dtype=np.float32)
@@ -101,7 +103,11 @@ def ddim_table(acp: np.ndarray, num_steps: int, eta: float = 0.0) -> StepTable:
 def ddpm_table(acp: np.ndarray, num_steps: int) -> StepTable:
     """Ancestral DDPM on the same strided timesteps: posterior q(x_s | x_t, x0) with s the previous step."""
     acp64 = np.asarray(acp, dtype=np.float64)
-    ts = ddim_timesteps(num_steps, acp64.shape[0])
+    n_train = acp64.shape[0]
+    if not 1 <= num_steps <= n_train:
+        raise ValueError(f"steps must be in 1..{n_train}, got {num_steps}")
+    # t = 0, s, 2s, ... (s = T // N): with N = T this is the original ancestral sampler, t = T-1 .. 0.
+    ts = np.arange(0, n_train, n_train // num_steps, dtype=np.int64)
     a_t = acp64[ts]
     a_s = np.concatenate([[1.0], acp64[ts[:-1]]])  # before the first timestep the signal is clean
     alpha = a_t / a_s

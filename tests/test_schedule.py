@@ -1,0 +1,47 @@
+"""Schedule tables: the official DDIM discretisation and its quirks, DDPM against the official buffers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cdx.engine.schedule import alphas_cumprod, ddim_table, ddim_timesteps, ddpm_table, linear_betas
+
+
+def test_golden_schedule_ddim_quirks():
+    assert list(ddim_timesteps(10)) == [1, 101, 201, 301, 401, 501, 601, 701, 801, 901]
+    assert len(ddim_timesteps(7)) == 8  # 1000 // 7 = 142 does not divide 1000
+    assert list(ddim_timesteps(3)) == [1, 334, 667]  # the official t = 1000 would be out of range
+    assert ddim_timesteps(50)[-1] == 981
+    with pytest.raises(ValueError):
+        ddim_timesteps(0)
+    acp = alphas_cumprod(linear_betas())
+    table = ddim_table(acp, 10, eta=0.0)
+    assert table.coeffs.dtype == np.float32 and table.coeffs.shape == (10, 6)
+    assert table.coeffs[-1, 2] == np.sqrt(np.float32(acp[0]))  # the first a_prev is alphas_cumprod[0], not 1
+    assert np.all(table.coeffs[:, 5] == 0)
+
+
+def test_golden_schedule_buffers_and_ddpm():
+    from golden import find_golden
+
+    state = torch.load(find_golden("*.ckpt")[0], map_location="cpu", weights_only=True)["state_dict"]
+    acp = alphas_cumprod(linear_betas())
+    np.testing.assert_array_equal(acp.astype(np.float32), state["alphas_cumprod"].numpy())
+    table = ddpm_table(acp, 1000)
+    assert list(table.timesteps[:3]) == [999, 998, 997] and table.timesteps[-1] == 0
+    coef1 = state["posterior_mean_coef1"].numpy()[::-1]
+    coef2 = state["posterior_mean_coef2"].numpy()[::-1]
+    var = state["posterior_variance"].numpy()[::-1]
+    np.testing.assert_allclose(table.coeffs[:, 2], coef1, rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(table.coeffs[:, 4], coef2, rtol=2e-5, atol=1e-7)
+    np.testing.assert_allclose(table.coeffs[:, 5] ** 2, var, rtol=1e-4, atol=1e-9)
+    assert table.coeffs[-1, 5] == 0  # no noise at the last step
+
+
+def test_schedule_ddpm_strided_reaches_x0():
+    acp = alphas_cumprod(linear_betas())
+    table = ddpm_table(acp, 20)
+    assert table.num_steps == 20 and table.timesteps[-1] == 0
+    a, b, c, d, e, sigma = table.coeffs[-1]
+    assert c == pytest.approx(1.0) and e == pytest.approx(0.0, abs=1e-7) and sigma == 0
