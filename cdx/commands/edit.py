@@ -1,0 +1,103 @@
+"""`cdx edit`: collaborative editing of a real face (the paper's Algorithm 3)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..cli import friendly, main
+from .common import check_output_path, checkpoint_option, grid, save_image
+
+
+@main.command()
+@click.option("--image", type=click.Path(path_type=Path), required=True, help="The face to edit (any RGB image).")
+@click.option("--text", default=None, help="Target caption.")
+@click.option("--mask", type=click.Path(path_type=Path), default=None, help="Target label-map PNG.")
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@checkpoint_option
+@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto",
+              show_default=True)
+@click.option("--engine-dir", type=click.Path(path_type=Path), default=None, help="TensorRT engines to refit.")
+@click.option("--alpha", default="0.9", show_default=True,
+              help="Interpolation towards the target condition (comma-separated list for a sweep).")
+@click.option("--embed-steps", type=int, default=200, show_default=True)
+@click.option("--embed-lr", type=float, default=1e-3, show_default=True)
+@click.option("--finetune-steps", type=int, default=200, show_default=True)
+@click.option("--finetune-lr", type=float, default=1e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=int, default=50, show_default=True)
+@click.option("--eta", type=float, default=0.0, show_default=True)
+@click.option("--save-influence", type=click.Path(path_type=Path), default=None)
+@click.option("--save-state", type=click.Path(path_type=Path), default=None,
+              help="Keep the optimised embeddings and fine-tuned weights here.")
+@click.option("--load-state", type=click.Path(path_type=Path), default=None,
+              help="Reuse a saved state (skips the optimisation).")
+@friendly
+def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_steps, embed_lr, finetune_steps,
+         finetune_lr, seed, steps, eta, save_influence, save_state, load_state):
+    """Edit a face so that it follows a new caption and/or mask, keeping who it is."""
+    from tqdm import tqdm
+
+    from ..defaults import default_checkpoint
+    from ..engine.edit_render import render_edit
+    from ..engine.pipeline import Request, encode_conditions
+    from ..engine.runner import TorchRunner
+    from ..errors import InputError
+    from ..models.bundle import bundle_hash, load_bundle
+    from ..models.masks import load_label_map
+    from ..train.edit import EditConfig, load_image, load_state as read_state, run_edit, save_state as write_state
+
+    alphas = _alphas(alpha)
+    for flag, v in (("--embed-steps", embed_steps), ("--finetune-steps", finetune_steps), ("--steps", steps)):
+        if v < (0 if flag != "--steps" else 1):
+            raise InputError(f"{flag} {v}: out of range")
+    if text is None and mask is None and load_state is None:
+        raise InputError("give --text, --mask or both (the target of the edit)")
+    if mask is not None:
+        load_label_map(mask)
+    check_output_path(out)
+    if save_influence:
+        check_output_path(save_influence, "--save-influence")
+    ckpt = checkpoint or default_checkpoint()
+    model = load_bundle(ckpt)
+    img = load_image(image, model.cfg.image_size)
+    if load_state is not None:
+        state = read_state(load_state)
+        if state.meta.get("bundle_hash") != bundle_hash(ckpt):
+            raise InputError(f"--load-state {load_state}: made with another checkpoint; re-run the edit")
+    else:
+        req = Request(text=text, mask=str(mask) if mask else None, batch=1)
+        names, contexts = encode_conditions(TorchRunner(model), model.cfg, req)
+        cfg = EditConfig(embed_steps, embed_lr, finetune_steps, finetune_lr, seed=seed)
+        total = len(names) * (embed_steps + finetune_steps)
+        with tqdm(total=total, desc="optimising", unit="step", leave=False) as bar:
+            def progress(stage, loss):
+                bar.set_postfix_str(f"{stage} loss {loss:.4f}")
+                bar.update(1)
+            state = run_edit(model, img, dict(zip(names, contexts)), cfg, progress)
+        if save_state is not None:
+            write_state(state, save_state, {"bundle_hash": bundle_hash(ckpt), "image": str(image), "text": text,
+                                            "mask": str(mask) if mask else None})
+            click.echo(f"wrote edit state {save_state}")
+    images, influence, desc = render_edit(model, ckpt, state, alphas, backend, engine_dir, seed, steps, eta,
+                                          save_influence is not None)
+    click.echo(desc, err=True)
+    save_image(out, grid(images))
+    click.echo(f"wrote {out} ({', '.join(state.names)} edited; alpha {', '.join(map(str, alphas))})")
+    if save_influence is not None:
+        from ..engine.pipeline import influence_grid
+        from ..engine.schedule import ddim_timesteps
+
+        save_image(save_influence, influence_grid(influence, state.names, ddim_timesteps(steps)[::-1]))
+
+
+def _alphas(text: str) -> list[float]:
+    from ..errors import InputError
+
+    try:
+        values = [float(a) for a in text.split(",")]
+    except ValueError:
+        raise InputError(f"--alpha {text}: expected numbers, e.g. 0.9 or 0.6,0.8,1.0") from None
+    if not values or any(not -0.5 <= a <= 1.5 for a in values):
+        raise InputError(f"--alpha {text}: each value must be in [-0.5, 1.5]")
+    return values

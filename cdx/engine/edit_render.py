@@ -1,0 +1,72 @@
+"""Render an edit (the sampling half of Algorithm 3) on any backend, the fine-tuned collaborators in place."""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..defaults import cache_dir
+from ..errors import CdxError
+from .pipeline import to_uint8
+from .sampler import draw_noise, make_shaping, sample
+from .schedule import alphas_cumprod, linear_betas, make_table
+
+
+@contextlib.contextmanager
+def edited_runner(model, state, backend: str, engine_dir: Path | None):
+    """A runner whose collaborators are the fine-tuned ones; temporary exports are removed afterwards."""
+    if backend == "torch":
+        from .runner import TorchRunner
+
+        yield TorchRunner(state.apply(model)), "backend: torch (cpu)"
+        return
+    if backend == "tensorrt":
+        from .backends import _trt_usable
+
+        usable, why = _trt_usable(engine_dir)
+        if not usable:
+            raise CdxError(f"tensorrt backend unavailable: {why}")
+        from .trt import TensorRTRunner
+
+        runner = TensorRTRunner(engine_dir)
+        for n, weights in state.unets.items():
+            runner.refit(f"{n}_unet", weights)  # refuses engines built without --refittable
+        yield runner, f"backend: tensorrt on {engine_dir} (collaborators refitted)"
+        return
+    from ..export.onnx_export import export_bundle
+    from ..models.bundle import save_bundle
+    from .ort_runner import OrtRunner
+
+    tmp_root = cache_dir() / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edit-", dir=tmp_root) as d:
+        edited = state.apply(model)
+        save_bundle(edited, Path(d) / "bundle")
+        export_bundle(Path(d) / "bundle", Path(d) / "onnx", model=edited)
+        runner = OrtRunner(Path(d) / "onnx")
+        yield runner, "backend: onnxruntime (fine-tuned collaborators re-exported to a temporary folder)"
+
+
+def render_edit(model, ckpt, state, alphas, backend, engine_dir, seed, steps, eta, want_influence):
+    """Images (A, H, W, 3) for each alpha with the same noise; the influence maps of the first alpha."""
+    cfg = model.cfg
+    backend = "onnxruntime" if backend == "auto" and engine_dir is None else backend
+    if backend == "auto":
+        backend = "tensorrt"
+    table = make_table(alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end)), steps,
+                       "ddim", eta)
+    shaping = make_shaping(cfg, state.names, table, cfg.timesteps)
+    x_T, noise = draw_noise(seed, 1, (cfg.latent_channels, *cfg.latent_size), table.num_steps)
+    images, influence = [], None
+    with edited_runner(model, state, backend, engine_dir) as (runner, desc):
+        for i, alpha in enumerate(alphas):
+            out = sample(runner, state.names, state.contexts(alpha), x_T, noise, table, shaping,
+                         return_influence=want_influence and i == 0)
+            if i == 0:
+                influence = out.influence
+            image = runner.run("vae_decoder", {"latent": out.z0})["image"]
+            images.append(to_uint8(image)[0])
+    return np.stack(images), influence, desc

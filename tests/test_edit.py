@@ -1,0 +1,89 @@
+"""`cdx edit` (Algorithm 3) on a tiny random bundle: state reuse, backends, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from cdx.cli import main
+from cdx.models.bundle import load_bundle
+from cdx.train.edit import EditConfig, load_image, reconstruction_loss, run_edit
+
+
+@pytest.fixture(scope="module")
+def face(tmp_path_factory):
+    from cdx.train.synth import generate
+
+    path = tmp_path_factory.mktemp("face") / "face.png"
+    Image.fromarray(generate(5, size=96).image).save(path)
+    return path
+
+
+def edit_cli(bundle, face, out, *extra):
+    args = ["edit", "--image", face, "--checkpoint", bundle, "--out", out, "--embed-steps", 2, "--finetune-steps", 2,
+            "--steps", 2, *extra]
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_edit_steps_reduce_reconstruction_loss(tiny_bundle, face):
+    model = load_bundle(tiny_bundle)
+    img = load_image(face, model.cfg.image_size)
+    ctx = model.encoders["text"](torch.zeros(1, 77, dtype=torch.long))
+    cfg = EditConfig(embed_steps=15, finetune_steps=15, embed_lr=1e-2, finetune_lr=1e-3, batch=8)
+    state = run_edit(model, img, {"text": ctx}, cfg)
+    assert not torch.equal(state.optimised["text"], ctx)
+    z0 = model.module("vae_encoder")(img).detach()
+    acp = torch.linspace(0.999, 0.01, 1000)
+
+    def loss(unet, e):
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            return float(reconstruction_loss(unet, z0, e, acp, g, 64))
+
+    before = loss(model.unets["text"], ctx)
+    after = loss(state.apply(model).unets["text"], state.optimised["text"])
+    assert after < before
+    mid = state.contexts(0.25)[0]
+    assert torch.allclose(mid, 0.25 * ctx + 0.75 * state.optimised["text"])
+
+
+def test_edit_cli_state_reuse_and_backends(tiny_bundle, face, real_mask, tmp_path):
+    out, state = tmp_path / "edit.png", tmp_path / "state"
+    r = edit_cli(tiny_bundle, face, out, "--text", "She has red hair.", "--mask", real_mask, "--save-state", state,
+                 "--backend", "torch", "--alpha", "0.6,1.0")
+    assert r.exit_code == 0, r.output
+    assert np.asarray(Image.open(out)).shape == (64, 2 * 64 + 2, 3)
+    again = tmp_path / "again.png"
+    r = edit_cli(tiny_bundle, face, again, "--load-state", state, "--backend", "torch", "--alpha", "0.6,1.0")
+    assert r.exit_code == 0, r.output
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))
+    onnx_out = tmp_path / "onnx.png"
+    r = edit_cli(tiny_bundle, face, onnx_out, "--load-state", state, "--backend", "onnxruntime", "--alpha", "0.6,1.0")
+    assert r.exit_code == 0 and "onnxruntime" in r.output, r.output
+    diff = np.abs(np.asarray(Image.open(onnx_out)).astype(int) - np.asarray(Image.open(out)).astype(int))
+    assert diff.max() <= 2
+
+
+def test_edit_bad_inputs(tiny_bundle, face, tmp_path):
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tiny)
+    text = tmp_path / "x.jpg"
+    text.write_text("not an image")
+    cases = [
+        (["--image", tmp_path / "missing.png"], "not found"),
+        (["--image", text], "not a decodable"),
+        (["--image", tiny], "too small"),
+        (["--alpha", "abc"], "--alpha"),
+        (["--load-state", tmp_path], "edit state"),
+    ]
+    for extra, needle in cases:
+        out = tmp_path / "out.png"
+        args = ["edit", "--image", face, "--checkpoint", tiny_bundle, "--out", out, "--text", "a face", "--steps", 2,
+                "--embed-steps", 1, "--finetune-steps", 1, "--backend", "torch"]
+        # later options override earlier ones in click
+        r = CliRunner().invoke(main, [str(a) for a in args + extra])
+        assert r.exit_code == 2 and needle in r.output, (extra, r.output)
+        assert len(r.output.strip().splitlines()) == 1
+        assert not out.exists()
