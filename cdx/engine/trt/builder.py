@@ -17,8 +17,9 @@ from ...export.spec import network_specs
 from ...io import atomic_write_bytes
 from ...models.bundle import file_sha256
 from ...models.config import ModelConfig
-from .manifest import (build_header, cache_key, entry_is_current, read_engine_manifest, read_onnx_manifest,
-                       record_engine, timing_cache_name)
+from ..ort_runner import reexport_hint
+from .manifest import (build_header, cache_key, entry_is_current, onnx_hashes, read_engine_manifest,
+                       read_onnx_manifest, record_engine, timing_cache_name)
 from .profiles import Batch, profiles_for, profiles_to_json
 
 
@@ -28,6 +29,7 @@ class BuildJob:
     kind: str
     onnx_path: Path
     onnx_sha256: str
+    onnx_data_sha256: dict  # {external data file: sha256}, empty for a single-file ONNX
     precision: str  # "fp16" or "fp32"
     profiles: dict  # {input: (min, opt, max)}
     refittable: bool
@@ -41,13 +43,15 @@ class BuildJob:
 def plan_builds(onnx_dir, out_dir, trt_version: str, gpu, fp16: bool = True, batch: Batch = (1, 1, 4),
                 static: bool = False, vae_fp32: bool = False, refittable: bool = False,
                 networks=None) -> tuple[dict, list[BuildJob], list[str]]:
-    """(manifest header, jobs to build, names already current) for one build request."""
-    onnx, onnx_sha = read_onnx_manifest(onnx_dir)
+    """(manifest header, jobs to build, names already current) for one build request.
+
+    The ONNX files are checked against their manifest first (a stale export is refused)."""
+    onnx, onnx_sha = read_onnx_manifest(onnx_dir, verify_files=True)
     try:
         specs = network_specs(ModelConfig.from_dict(onnx["config"]))
     except (KeyError, TypeError, ValueError) as e:
         raise StaleArtifactError(f"{onnx_dir}: the ONNX manifest's model config is malformed ({e}); "
-                                 "rerun `cdx export`") from None
+                                 f"{reexport_hint(Path(onnx_dir))}") from None
     names = list(onnx["networks"]) if networks is None else list(networks)
     unknown = [n for n in names if n not in onnx["networks"]]
     if unknown:
@@ -61,20 +65,29 @@ def plan_builds(onnx_dir, out_dir, trt_version: str, gpu, fp16: bool = True, bat
     for name in names:
         entry, spec = onnx["networks"][name], specs.get(name)
         if spec is None:
-            raise StaleArtifactError(f"{onnx_dir}: {name!r} is not a network of its model config; rerun `cdx export`")
+            raise StaleArtifactError(f"{onnx_dir}: {name!r} is not a network of its model config; "
+                                     f"{reexport_hint(Path(onnx_dir))}")
         if "inputs" in entry and [t["name"] for t in entry["inputs"]] != [t.name for t in spec.inputs]:
-            raise StaleArtifactError(f"{onnx_dir}: the inputs of {name} differ from its spec; rerun `cdx export`")
+            raise StaleArtifactError(f"{onnx_dir}: the inputs of {name} differ from its spec; "
+                                     f"{reexport_hint(Path(onnx_dir))}")
         path = Path(onnx_dir) / entry["file"]
-        if not path.is_file():
-            raise StaleArtifactError(f"{path}: missing from the ONNX export; rerun `cdx export`")
         precision = "fp32" if not fp16 or (vae_fp32 and spec.kind.startswith("vae")) else "fp16"
         profiles = profiles_for(spec, batch, static)
-        key = cache_key(name, entry["sha256"], trt_version, gpu, precision, profiles_to_json(profiles), refittable)
+        sha, data = onnx_hashes(entry)
+        key = cache_key(name, sha, trt_version, gpu, precision, profiles_to_json(profiles), refittable, data)
         if entry_is_current(out_dir, existing, header, name, key):
             current.append(name)
         else:
-            jobs.append(BuildJob(name, spec.kind, path, entry["sha256"], precision, profiles, refittable, key))
+            jobs.append(BuildJob(name, spec.kind, path, sha, data, precision, profiles, refittable, key))
     return header, jobs, current
+
+
+def plan_entry(job: BuildJob, plan_file) -> dict:
+    """The engines.json entry for `job`, whose plan has been written to `plan_file`."""
+    return {"file": job.file, "sha256": file_sha256(Path(plan_file)), "bytes": os.path.getsize(plan_file),
+            "kind": job.kind, "onnx_sha256": job.onnx_sha256, "onnx_data_sha256": job.onnx_data_sha256,
+            "precision": job.precision, "profiles": profiles_to_json(job.profiles), "refittable": job.refittable,
+            "cache_key": job.key}
 
 
 def _build_plan(trt, job: BuildJob, timing: bytes, plan_file: Path, workspace: int | None,
@@ -90,7 +103,7 @@ def _build_plan(trt, job: BuildJob, timing: bytes, plan_file: Path, workspace: i
     inputs = {network.get_input(i).name for i in range(network.num_inputs)}
     if inputs != set(job.profiles):
         raise StaleArtifactError(f"{job.onnx_path}: inputs {sorted(inputs)} are not the spec's "
-                                 f"{sorted(job.profiles)}; rerun `cdx export`")
+                                 f"{sorted(job.profiles)}; {reexport_hint(job.onnx_path.parent)}")
     config = builder.create_builder_config()
     if job.precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
@@ -138,11 +151,7 @@ def build_engines(onnx_dir, out_dir, fp16: bool = True, batch: Batch = (1, 1, 4)
         os.close(fd)
         try:
             timing = _build_plan(trt, job, timing, Path(tmp), workspace, opt_level)
-            entry = {"file": job.file, "sha256": file_sha256(Path(tmp)), "bytes": os.path.getsize(tmp),
-                     "kind": job.kind, "onnx_sha256": job.onnx_sha256, "precision": job.precision,
-                     "profiles": profiles_to_json(job.profiles), "refittable": job.refittable,
-                     "cache_key": job.key}
-            record_engine(out_dir, header, job.name, entry, plan_tmp=tmp)
+            record_engine(out_dir, header, job.name, plan_entry(job, tmp), plan_tmp=tmp)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

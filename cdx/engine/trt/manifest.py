@@ -5,6 +5,7 @@
  "onnx_manifest_sha256": ..., "bundle_hash": ..., "config": <ModelConfig.to_dict()>,
  "precision": "fp16" | "fp32", "vae_fp32": bool, "refittable": bool,   # summary of the entries
  "networks": {name: {"file", "sha256", "bytes", "kind", "onnx_sha256", "precision",
+                     "onnx_data_sha256": {external data file: sha256},
                      "profiles": {input: [min, opt, max]}, "refittable", "cache_key"}}}
 
 Pure Python: no TensorRT needed. Plans and the manifest are replaced under one lock, so two builds
@@ -19,17 +20,29 @@ import json
 import os
 from pathlib import Path
 
-from ...errors import CdxError, StaleArtifactError
+from ...errors import StaleArtifactError
 from ...io import atomic_write_text
 from ...models.bundle import file_sha256
 
 FORMAT, VERSION = "cdx-trt", 1
 MANIFEST, LOCK = "engines.json", ".engines.lock"
-ONNX_FORMAT, ONNX_MANIFEST = "cdx-onnx", "manifest.json"
+ONNX_MANIFEST = "manifest.json"
 
 
-def rebuild_hint(engine_dir, onnx_dir=None) -> str:
-    return f"rebuild it with `cdx build-engine --onnx {onnx_dir or 'DIR'} --out {engine_dir} --fp16`"
+def rebuild_hint(engine_dir, onnx_dir=None, manifest: dict | None = None, extra: str = "") -> str:
+    """The command that rebuilds the folder, with the flags of the build `manifest` records (if any)."""
+    flags = "--fp16"
+    try:
+        if manifest:
+            entries = list(manifest["networks"].values())
+            flags = "--fp16" if manifest["precision"] == "fp16" else ""
+            flags += " --vae-fp32" * bool(manifest["vae_fp32"]) + " --refittable" * bool(manifest["refittable"])
+            lo, opt, hi = (next(iter(entries[0]["profiles"].values()))[i][0] for i in range(3))
+            flags += f" --batch {lo},{opt},{hi}" * ((lo, opt, hi) != (1, 1, 4))
+    except (KeyError, TypeError, IndexError, StopIteration):
+        flags = "--fp16"
+    flags = " ".join(f"{flags} {extra}".split())
+    return f"rebuild with `cdx build-engine --onnx {onnx_dir or 'DIR'} --out {engine_dir} {flags}`"
 
 
 def _canonical(obj) -> bytes:
@@ -43,10 +56,10 @@ def gpu_record(gpu: tuple[str, str | tuple[int, int]]) -> dict:
 
 
 def cache_key(network: str, onnx_sha256: str, trt_version: str, gpu, precision: str,
-              profiles: dict, refittable: bool) -> str:
+              profiles: dict, refittable: bool, onnx_data_sha256: dict | None = None) -> str:
     """Identity of one plan: the same key means the same ONNX built the same way on the same GPU."""
-    ident = {"network": network, "onnx": onnx_sha256, "tensorrt": trt_version, "gpu": gpu_record(gpu),
-             "precision": precision, "profiles": profiles, "refittable": bool(refittable)}
+    ident = {"network": network, "onnx": onnx_sha256, "onnx_data": onnx_data_sha256 or {}, "tensorrt": trt_version,
+             "gpu": gpu_record(gpu), "precision": precision, "profiles": profiles, "refittable": bool(refittable)}
     return hashlib.sha256(_canonical(ident)).hexdigest()[:24]
 
 
@@ -56,19 +69,17 @@ def timing_cache_name(trt_version: str, gpu) -> str:
     return f"timing-{key}.cache"
 
 
-def read_onnx_manifest(onnx_dir) -> tuple[dict, str]:
-    """(manifest, sha256 of manifest.json) of an ONNX export folder."""
-    path = Path(onnx_dir) / ONNX_MANIFEST
-    if not path.is_file():
-        raise CdxError(f"{onnx_dir}: not an ONNX export (no {ONNX_MANIFEST}); make one with `cdx export`")
-    raw = path.read_bytes()
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise StaleArtifactError(f"{path}: malformed ONNX manifest; rerun `cdx export`") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != ONNX_FORMAT or "networks" not in manifest:
-        raise StaleArtifactError(f"{path}: not a cdx-onnx manifest; rerun `cdx export`")
-    return manifest, hashlib.sha256(raw).hexdigest()
+def read_onnx_manifest(onnx_dir, verify_files: bool = False) -> tuple[dict, str]:
+    """(manifest, sha256 of manifest.json) of an ONNX export folder, checked as the ONNX stage checks it."""
+    from ..ort_runner import read_export_manifest
+
+    manifest = read_export_manifest(onnx_dir, verify_files=verify_files)
+    return manifest, hashlib.sha256((Path(onnx_dir) / ONNX_MANIFEST).read_bytes()).hexdigest()
+
+
+def onnx_hashes(onnx_entry: dict) -> tuple[str, dict]:
+    """(sha256 of the .onnx file, {external data file: sha256}) from an ONNX manifest entry."""
+    return onnx_entry["sha256"], dict(onnx_entry.get("data") or {})
 
 
 def build_header(onnx_manifest: dict, onnx_manifest_sha256: str, trt_version: str, gpu) -> dict:
@@ -85,19 +96,21 @@ def _summary(networks: dict) -> dict:
             "refittable": bool(entries) and all(e["refittable"] for e in entries)}
 
 
-def read_engine_manifest(folder) -> dict:
+def read_engine_manifest(folder, onnx_dir=None) -> dict:
     path = Path(folder) / MANIFEST
     if not path.is_file():
-        raise StaleArtifactError(f"{folder}: no {MANIFEST}, so no usable engines; {rebuild_hint(folder)}")
+        raise StaleArtifactError(f"{folder}: no {MANIFEST}, so no usable engines; {rebuild_hint(folder, onnx_dir)}")
     try:
         manifest = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise StaleArtifactError(f"{path}: corrupted or truncated; {rebuild_hint(folder)}") from None
+        raise StaleArtifactError(f"{path}: corrupted or truncated; {rebuild_hint(folder, onnx_dir)}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise StaleArtifactError(f"{path}: not a version-{VERSION} cdx engine manifest; {rebuild_hint(folder)}")
+        raise StaleArtifactError(f"{path}: not a version-{VERSION} cdx engine manifest; "
+                                 f"{rebuild_hint(folder, onnx_dir)}")
     needed = ("tensorrt", "gpu", "config", "networks", "onnx_manifest_sha256")
-    if any(k not in manifest for k in needed) or not isinstance(manifest["networks"], dict):
-        raise StaleArtifactError(f"{path}: incomplete engine manifest; {rebuild_hint(folder)}")
+    if any(k not in manifest for k in needed) or not isinstance(manifest["networks"], dict) \
+            or not isinstance(manifest["gpu"], dict):
+        raise StaleArtifactError(f"{path}: incomplete engine manifest; {rebuild_hint(folder, onnx_dir)}")
     return manifest
 
 
@@ -154,8 +167,8 @@ def check_engine_manifest(folder, onnx_dir=None, gpu=None, trt_version: str | No
     `gpu` = (name, compute capability) and `trt_version` default to the running machine's. Anything
     else raises StaleArtifactError with the command that rebuilds the engines."""
     folder = Path(folder)
-    manifest = read_engine_manifest(folder)
-    hint = rebuild_hint(folder, onnx_dir)
+    manifest = read_engine_manifest(folder, onnx_dir)
+    hint = rebuild_hint(folder, onnx_dir, manifest)
     if gpu is None or trt_version is None:
         from .env import current_gpu, require_tensorrt
 
@@ -168,7 +181,8 @@ def check_engine_manifest(folder, onnx_dir=None, gpu=None, trt_version: str | No
             f"this GPU is {want_gpu['name']} (sm {want_gpu['compute_capability']}); {hint}")
     if manifest["tensorrt"] != trt_version:
         raise StaleArtifactError(
-            f"{folder}: engines were built with TensorRT {manifest['tensorrt']}, this is TensorRT {trt_version}; {hint}")
+            f"{folder}: engines were built with TensorRT {manifest['tensorrt']}, "
+            f"this is TensorRT {trt_version}; {hint}")
     names = list(manifest["networks"]) if networks is None else list(networks)
     try:
         for name in names:
@@ -176,7 +190,7 @@ def check_engine_manifest(folder, onnx_dir=None, gpu=None, trt_version: str | No
             if entry is None:
                 raise StaleArtifactError(f"{folder}: no engine for {name!r}; {hint}")
             key = cache_key(name, entry["onnx_sha256"], manifest["tensorrt"], gpu, entry["precision"],
-                            entry["profiles"], entry["refittable"])
+                            entry["profiles"], entry["refittable"], entry.get("onnx_data_sha256"))
             if key != entry["cache_key"]:
                 raise StaleArtifactError(f"{folder}: the entry for {name!r} does not match its cache key; {hint}")
             plan = folder / entry["file"]
@@ -191,12 +205,13 @@ def check_engine_manifest(folder, onnx_dir=None, gpu=None, trt_version: str | No
 
 
 def _check_onnx(folder: Path, manifest: dict, names: list, onnx_dir, hint: str) -> None:
-    onnx, sha = read_onnx_manifest(onnx_dir)
-    if sha == manifest["onnx_manifest_sha256"]:
-        return
+    # Per network, not by the manifest's hash: a partial rebuild records the newest ONNX manifest's
+    # hash while the other plans may still come from an older export.
+    onnx, _ = read_onnx_manifest(onnx_dir)
     if onnx.get("config") != manifest["config"]:
         raise StaleArtifactError(f"{folder}: engines were built for another model config than {onnx_dir}; {hint}")
-    changed = [n for n in names
-               if onnx["networks"].get(n, {}).get("sha256") != manifest["networks"][n]["onnx_sha256"]]
+    recorded = {n: (manifest["networks"][n]["onnx_sha256"], manifest["networks"][n].get("onnx_data_sha256") or {})
+                for n in names}
+    changed = [n for n in names if n not in onnx["networks"] or onnx_hashes(onnx["networks"][n]) != recorded[n]]
     if changed:
         raise StaleArtifactError(f"{folder}: the ONNX of {', '.join(changed)} changed since the build; {hint}")

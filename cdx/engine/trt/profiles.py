@@ -28,7 +28,8 @@ def parse_batch(text: str) -> Batch:
     return check_batch(tuple(int(p) for p in parts))
 
 
-def profiles_for(spec: NetworkSpec, batch: Batch = (1, 1, 4), static: bool = False) -> dict[str, tuple[Shape, Shape, Shape]]:
+def profiles_for(spec: NetworkSpec, batch: Batch = (1, 1, 4),
+                 static: bool = False) -> dict[str, tuple[Shape, Shape, Shape]]:
     """{input name: (min, opt, max) shape}; `static` builds for OPT only (min = opt = max)."""
     lo, opt, hi = check_batch(batch)
     if static:

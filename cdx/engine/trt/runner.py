@@ -119,7 +119,7 @@ class TensorRTRunner:
         trt, eng = self._trt, self._engine(network)
         if not eng.engine.refittable:
             raise CdxError(f"the {network} engine was built without --refittable; "
-                           f"{rebuild_hint(self.engine_dir)} --refittable")
+                           f"{rebuild_hint(self.engine_dir, None, self.manifest, '--refittable')}")
         torch.cuda.current_stream(self.device).synchronize()  # no launch may read the weights meanwhile
         refitter = trt.Refitter(eng.engine, self._logger)
         known = set(refitter.get_all_weights())
