@@ -1,0 +1,61 @@
+"""The paper's three scores, on arrays: Frechet distance of features, pixel accuracy, attribute accuracy."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and unbiased covariance (D, D) of (N, D) features, in float64."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need (N >= 2, D) features, got shape {f.shape}")
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def _sqrt_psd(a: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix (eigh; tiny negative eigenvalues -> 0)."""
+    vals, vecs = np.linalg.eigh((a + a.T) / 2)
+    return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Dowson & Landau 1982; the FID formula).
+
+    tr (S1 S2)^(1/2) = tr (S1^(1/2) S2 S1^(1/2))^(1/2): the second matrix is symmetric PSD and similar to S1 S2,
+    so two `eigh` calls replace scipy's general `sqrtm` and its complex round-off.
+    """
+    s1h = _sqrt_psd(sigma1)
+    inner = s1h @ sigma2 @ s1h
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean, 0.0))
+
+
+def fd(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Frechet distance between the Gaussian fits of two (N, D) feature sets."""
+    return frechet_distance(*feature_stats(features_a), *feature_stats(features_b))
+
+
+def pixel_accuracy(pred: np.ndarray, target: np.ndarray) -> float:
+    """Fraction of equal class ids over all pixels of all images (same shapes)."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"shapes differ: {pred.shape} vs {target.shape}")
+    return float((pred == target).mean())
+
+
+def attribute_accuracy(pred: np.ndarray, true: np.ndarray, stated: np.ndarray,
+                       names: Sequence[str]) -> tuple[float, dict[str, float | None]]:
+    """Accuracy over the (image, attribute) pairs the caption states, and per attribute (None if never stated).
+
+    pred, true: (N, A) int levels; stated: (N, A) bool; names: the A attribute names.
+    """
+    ok = np.asarray(pred) == np.asarray(true)  # (N, A)
+    stated = np.asarray(stated, dtype=bool)
+    if ok.shape != stated.shape or ok.shape[1] != len(names):
+        raise ValueError(f"shapes differ: pred/true {ok.shape}, stated {stated.shape}, {len(names)} names")
+    overall = float(ok[stated].mean()) if stated.any() else float("nan")
+    per = {a: (float(ok[stated[:, j], j].mean()) if stated[:, j].any() else None) for j, a in enumerate(names)}
+    return overall, per

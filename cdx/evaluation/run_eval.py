@@ -1,0 +1,127 @@
+"""`evaluate`: the paper's Tables 1 and 2 on synthetic faces (FD, text consistency, mask consistency per method).
+
+Test conditions are ``n`` synthetic faces drawn from their own seed stream ``(CONDITION_SEED, seed, i)``; the
+diffusion model trains on ``(1234, i)`` (``cdx.train.data``) and the eval networks on ``(7100, i)``, so none of
+them was seen in training. Each face gives a caption, a 19-class label map and its true attributes.
+
+* FD: Frechet distance between the 224-d eval-net features (``nets.EvalNets.features``) of the generated images
+  and of ``n_ref`` real synthetic faces from a second stream ``(REFERENCE_SEED, seed, i)``. Like FID it is
+  biased upwards for small ``n``: compare rows of one table (same ``n``), not tables of different ``n``.
+* text acc: the attribute classifier's accuracy on the (image, attribute) pairs the caption states, over hair
+  colour, skin, beard, age and lipstick (gender is only in the pronouns).
+* mask acc: the face parser's pixel accuracy at 32x32 against the input mask NEAREST-resized to 32x32, the exact
+  condition the model receives.
+
+The ``real`` row scores the test faces themselves: the ceiling each method can reach with these eval networks.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..engine.pipeline import to_uint8
+from ..engine.runner import Runner
+from ..engine.sampler import draw_noise, make_shaping
+from ..engine.schedule import alphas_cumprod, linear_betas, make_table
+from ..models.config import ModelConfig
+from ..models.masks import one_hot
+from ..models.tokenizer import Tokenizer
+from ..train.synth import ALL_ATTRS, generate
+from .methods import METHODS, run_method
+from .metrics import attribute_accuracy, fd, pixel_accuracy
+from .nets import CLASSIFIER_ATTRS, PARSE_SIZE, EvalNets, load_eval_nets, parse_target
+
+CONDITION_SEED = 72000
+REFERENCE_SEED = 73000
+
+
+def synthetic_faces(key: tuple[int, ...], n: int) -> dict:
+    """``n`` faces ``generate(key + (i,))``: images (n, 64, 64, 3), labels, captions, attrs and stated
+    restricted to :data:`CLASSIFIER_ATTRS` (columns in that order)."""
+    samples = [generate(tuple(key) + (i,)) for i in range(n)]
+    return {
+        "images": np.stack([s.image for s in samples]),
+        "labels": np.stack([s.label for s in samples]),
+        "captions": [s.caption for s in samples],
+        "attrs": np.stack([s.attrs.as_vector() for s in samples])[:, [ALL_ATTRS.index(a) for a in CLASSIFIER_ATTRS]],
+        "stated": np.array([[a in s.stated for a in CLASSIFIER_ATTRS] for s in samples], bool).reshape(n, -1),
+    }
+
+
+def score(nets: EvalNets, images: np.ndarray, faces: dict, ref_features: np.ndarray) -> dict:
+    """FD against the reference features, text acc (stated attributes), mask acc (32x32 pixel accuracy)."""
+    text_acc, per_attr = attribute_accuracy(nets.attributes(images), faces["attrs"], faces["stated"],
+                                            CLASSIFIER_ATTRS)
+    return {"fd": fd(nets.features(images), ref_features), "text_acc": None if np.isnan(text_acc) else text_acc,
+            "mask_acc": pixel_accuracy(nets.parse(images), faces["parse"]), "text_acc_per_attr": per_attr}
+
+
+def _contexts(runner: Runner, cfg: ModelConfig, tokenizer: Tokenizer, faces: dict, lo: int, hi: int):
+    """kind -> (modality name, context) for faces lo..hi, in model order (each encoder runs once per batch)."""
+    out = {}
+    for m in cfg.modalities:
+        if m.kind == "text":
+            ids, _ = tokenizer.encode(faces["captions"][lo:hi])
+            ctx = runner.run(f"{m.name}_encoder", {"tokens": torch.from_numpy(ids)})["context"]
+        elif m.kind == "mask":
+            ids = faces["parse"][lo:hi].reshape(hi - lo, PARSE_SIZE * PARSE_SIZE)  # the official 32x32 ids
+            ctx = runner.run(f"{m.name}_encoder", {"mask": torch.from_numpy(one_hot(ids))})["context"]
+        else:
+            continue
+        out[m.kind] = (m.name, ctx)
+    return out
+
+
+def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, steps: int = 50,
+             methods: Sequence[str] | str = "all", batch: int = 16, nets: EvalNets | None = None,
+             n_ref: int = 1024, progress: Callable[[str], None] | None = None) -> dict:
+    """Generate with each method from the same n test conditions and noise; score FD, text acc, mask acc."""
+    names = list(METHODS) if methods == "all" else list(methods)
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if n < 2 or batch < 1:
+        raise ValueError(f"need n >= 2 and batch >= 1, got n={n}, batch={batch}")
+    nets = nets or load_eval_nets()
+    faces = synthetic_faces((CONDITION_SEED, seed), n)
+    faces["parse"] = parse_target(faces["labels"])  # (n, 32, 32)
+    ref_features = nets.features(synthetic_faces((REFERENCE_SEED, seed), max(n_ref, 2))["images"])
+
+    acp = alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end))
+    table = make_table(acp, steps, "ddim", 0.0)
+    x_T, noise = draw_noise(seed, n, (cfg.latent_channels, *cfg.latent_size), table.num_steps)  # shared by all
+    tokenizer = Tokenizer()
+    images = {m: [] for m in names}
+    seconds = dict.fromkeys(names, 0.0)
+    for lo in range(0, n, batch):
+        hi = min(n, lo + batch)
+        modalities = _contexts(runner, cfg, tokenizer, faces, lo, hi)
+        for m in names:
+            t0 = time.perf_counter()
+            loop, _ = run_method(m, runner, modalities, x_T[lo:hi], noise[:, lo:hi].contiguous(), table,
+                                 shaping_for=lambda mods: make_shaping(cfg, mods, table, cfg.timesteps))
+            images[m].append(to_uint8(runner.run("vae_decoder", {"latent": loop.z0})["image"]))
+            seconds[m] += time.perf_counter() - t0
+            if progress is not None:
+                progress(f"{m}: {hi}/{n}")
+    result = {"n": n, "seed": seed, "steps": int(table.num_steps), "sampler": "ddim", "n_ref": max(n_ref, 2),
+              "real": score(nets, faces["images"], faces, ref_features), "methods": {}}
+    for m in names:
+        result["methods"][m] = {**score(nets, np.concatenate(images[m]), faces, ref_features),
+                                "seconds": round(seconds[m], 2)}
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    """Rows = methods (and the real test faces), columns = FD (lower is better), text acc, mask acc."""
+    lines = [f"n = {result['n']}, {result['steps']} DDIM steps, seed {result['seed']}, FD against "
+             f"{result['n_ref']} real synthetic faces", "",
+             "| method | FD (lower better) | text acc | mask acc |", "| --- | ---: | ---: | ---: |"]
+    rows = list(result["methods"].items()) + [("real test faces (ceiling)", result["real"])]
+    for name, r in rows:
+        text = "n/a" if r["text_acc"] is None else f"{r['text_acc']:.3f}"
+        lines.append(f"| {name} | {r['fd']:.2f} | {text} | {r['mask_acc']:.3f} |")
+    return "\n".join(lines) + "\n"
