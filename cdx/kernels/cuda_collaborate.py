@@ -19,7 +19,7 @@ import threading
 
 import torch
 
-from .checks import KernelUnavailableError, check_collaborate, make_outputs
+from .checks import KernelBuildError, KernelUnavailableError, check_collaborate, make_outputs
 
 THREADS = 256  # threads per block (one pixel each)
 
@@ -29,11 +29,20 @@ typedef unsigned short cdx_u16;
 struct cdx_half { cdx_u16 bits; };  // IEEE binary16, converted with PTX cvt (no cuda_fp16.h needed)
 struct cdx_bf16 { cdx_u16 bits; };  // bfloat16, converted with bit arithmetic (any architecture)
 
+#ifdef CDX_HOST_TEST  // the tests also build this body as host C++; their prelude supplies these two
+float cdx_host_h2f(cdx_u16 h);
+cdx_u16 cdx_host_f2h(float f);
+#endif
+
 __device__ __forceinline__ float cdx_load(const float* p, long long i) { return p[i]; }
 __device__ __forceinline__ float cdx_load(const cdx_half* p, long long i) {
+#ifdef CDX_HOST_TEST
+  return cdx_host_h2f(p[i].bits);
+#else
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(p[i].bits));
   return f;
+#endif
 }
 __device__ __forceinline__ float cdx_load(const cdx_bf16* p, long long i) {
   return __uint_as_float(((unsigned int)p[i].bits) << 16);
@@ -41,9 +50,13 @@ __device__ __forceinline__ float cdx_load(const cdx_bf16* p, long long i) {
 
 __device__ __forceinline__ void cdx_store(float* p, long long i, float v) { p[i] = v; }
 __device__ __forceinline__ void cdx_store(cdx_half* p, long long i, float v) {
+#ifdef CDX_HOST_TEST
+  p[i].bits = cdx_host_f2h(v);
+#else
   cdx_u16 h;
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
   p[i].bits = h;
+#endif
 }
 __device__ __forceinline__ void cdx_store(cdx_bf16* p, long long i, float v) {
   const unsigned int u = __float_as_uint(v);
@@ -167,13 +180,16 @@ def kernel_name(eps_dtype, logits_dtype, x_dtype, noise_dtype, m: int) -> str:
     return f"cdx_collaborate_{tags}_m{m}"
 
 
+def instance_line(instance) -> str:
+    """`CDX_INSTANTIATE(name, TE, TL, TX, TN, M)` for (eps, logits, x, noise dtypes, M)."""
+    *dtypes, m = instance
+    ctypes_ = ", ".join(CTYPES[d][1] for d in dtypes)
+    return f"CDX_INSTANTIATE({kernel_name(*instance)}, {ctypes_}, {int(m)})"
+
+
 def kernel_source(instances) -> str:
     """CUDA_SOURCE plus one CDX_INSTANTIATE line per (eps, logits, x, noise dtypes, M)."""
-    lines = [CUDA_SOURCE]
-    for te, tl_, tx, tn, m in instances:
-        ctypes_ = ", ".join(CTYPES[d][1] for d in (te, tl_, tx, tn))
-        lines.append(f"CDX_INSTANTIATE({kernel_name(te, tl_, tx, tn, m)}, {ctypes_}, {int(m)})")
-    return "\n".join(lines) + "\n"
+    return "\n".join([CUDA_SOURCE, *(instance_line(i) for i in instances)]) + "\n"
 
 
 # ---------------------------------------------------------------- cuda-python (lazy) ---------
@@ -289,21 +305,44 @@ def _function(device: torch.device, name: str, instance: tuple):
             return hit[1]
         _, driver = _bindings()
         cc = torch.cuda.get_device_capability(index)
-        if (cc, name) not in _BINARIES:
-            _BINARIES[(cc, name)] = compile_kernel(name, instance, cc)
-        _, image = _BINARIES[(cc, name)]
-        _ensure_context(index)
-        buf = ctypes.create_string_buffer(image)  # NUL-terminated (PTX needs it), kept alive below
-        err, module = driver.cuModuleLoadData(ctypes.addressof(buf))
-        _check(err, "cuModuleLoadData")
-        err, fn = driver.cuModuleGetFunction(module, name.encode())
-        _check(err, "cuModuleGetFunction")
+        try:
+            if (cc, name) not in _BINARIES:
+                _BINARIES[(cc, name)] = compile_kernel(name, instance, cc)
+            _, image = _BINARIES[(cc, name)]
+            _ensure_context(index)
+            buf = ctypes.create_string_buffer(image)  # NUL-terminated (PTX needs it), kept alive below
+            err, module = driver.cuModuleLoadData(ctypes.addressof(buf))
+            _check(err, "cuModuleLoadData")
+            err, fn = driver.cuModuleGetFunction(module, name.encode())
+            _check(err, "cuModuleGetFunction")
+        except Exception as exc:
+            raise KernelBuildError(f"cannot build the cuda kernel {name} for sm_{cc[0]}{cc[1]}: {exc}") from exc
         _FUNCTIONS[key] = (module, fn, buf)
         return fn
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr() if t is not None else 0)
+
+
+def launch_geometry(shp) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(grid, block): one thread per pixel, blocks tile H*W of one image, grid y = B."""
+    return (-(-(shp.h * shp.w) // THREADS), shp.b, 1), (THREADS, 1, 1)
+
+
+def kernel_args(shp, eps, logits, x, noise, coeffs, decay, scale, eps_out, x_out, w_out) -> list:
+    """The kernel's parameters as ctypes values, in the order of CDX_INSTANTIATE's signature."""
+    if shp.step_tensor is None:
+        step_mode = 0
+    else:
+        step_mode = 1 if shp.step_tensor.dtype == torch.int32 else 2
+    return [
+        _ptr(eps), _ptr(logits), _ptr(x), _ptr(noise), _ptr(coeffs), _ptr(shp.step_tensor),
+        _ptr(decay), _ptr(scale), _ptr(eps_out), _ptr(x_out), _ptr(w_out),
+        ctypes.c_longlong(shp.step if shp.step is not None else 0), ctypes.c_int(step_mode),
+        ctypes.c_longlong(shp.num_steps), ctypes.c_int(shp.receiver),
+        ctypes.c_longlong(shp.c), ctypes.c_longlong(shp.h * shp.w), ctypes.c_longlong(shp.pixels),
+    ]
 
 
 def collaborate_cuda(eps, logits, x, noise, coeffs, step, decay=None, scale=None, receiver=-1,
@@ -315,31 +354,21 @@ def collaborate_cuda(eps, logits, x, noise, coeffs, step, decay=None, scale=None
     if not cuda_python_available():
         raise KernelUnavailableError("the cuda kernel needs cuda-python with NVRTC (`pip install cuda-python`)")
     eps_out, x_out, w_out = make_outputs(eps, x, return_weights, out)
-    hw = shp.h * shp.w
     if shp.pixels == 0:
         return (eps_out, x_out, w_out) if return_weights else (eps_out, x_out)
     if shp.b > 65535:
         raise KernelUnavailableError(f"the cuda kernel takes B <= 65535 (grid y), got {shp.b}")
     instance = (eps.dtype, logits.dtype, x.dtype, noise.dtype, shp.m)
     name = kernel_name(*instance)
-    with torch.cuda.device(eps.device):
+    index = eps.device.index if eps.device.index is not None else torch.cuda.current_device()
+    with torch.cuda.device(index):
         fn = _function(eps.device, name, instance)
-        _ensure_context(eps.device.index if eps.device.index is not None else torch.cuda.current_device())
-        if shp.step_tensor is not None:
-            step_mode = 1 if shp.step_tensor.dtype == torch.int32 else 2
-        else:
-            step_mode = 0
-        args = [
-            _ptr(eps), _ptr(logits), _ptr(x), _ptr(noise), _ptr(coeffs), _ptr(shp.step_tensor),
-            _ptr(decay), _ptr(scale), _ptr(eps_out), _ptr(x_out), _ptr(w_out),
-            ctypes.c_longlong(shp.step if shp.step is not None else 0), ctypes.c_int(step_mode),
-            ctypes.c_longlong(shp.num_steps), ctypes.c_int(shp.receiver),
-            ctypes.c_longlong(shp.c), ctypes.c_longlong(hw), ctypes.c_longlong(shp.pixels),
-        ]
+        _ensure_context(index)
+        args = kernel_args(shp, eps, logits, x, noise, coeffs, decay, scale, eps_out, x_out, w_out)
         params = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+        (gx, gy, gz), (bx, by, bz) = launch_geometry(shp)
         _, driver = _bindings()
-        stream = driver.CUstream(torch.cuda.current_stream(eps.device).cuda_stream)
-        (err,) = driver.cuLaunchKernel(
-            fn, -(-hw // THREADS), shp.b, 1, THREADS, 1, 1, 0, stream, ctypes.addressof(params), 0)
+        stream = driver.CUstream(torch.cuda.current_stream(index).cuda_stream)
+        (err,) = driver.cuLaunchKernel(fn, gx, gy, gz, bx, by, bz, 0, stream, ctypes.addressof(params), 0)
         _check(err, "cuLaunchKernel")
     return (eps_out, x_out, w_out) if return_weights else (eps_out, x_out)
