@@ -29,10 +29,13 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 @click.option("--save-influence", type=click.Path(path_type=Path), default=None,
               help="PNG grid of the influence maps per modality over the steps.")
 @click.option("--device", default=None, help="cpu or cuda (torch backend).")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="fp32", show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default=None,
+              help="Network precision (default: fp16 on CUDA, fp32 on the CPU).")
+@click.option("--cuda-graph/--no-cuda-graph", default=None,
+              help="Replay each denoising step from a CUDA graph (default: on for CUDA devices).")
 @friendly
 def run(text, mask, out, checkpoint, backend, engine_dir, seed, steps, eta, sampler, batch, shaping, save_influence,
-        device, dtype):
+        device, dtype, cuda_graph):
     """Generate faces that follow a caption and a mask."""
     from ..defaults import default_checkpoint
     from ..engine.backends import make_runner
@@ -42,7 +45,7 @@ def run(text, mask, out, checkpoint, backend, engine_dir, seed, steps, eta, samp
     from tqdm import tqdm
 
     req = Request(text=text, mask=str(mask) if mask else None, seed=seed, steps=steps, eta=eta, batch=batch,
-                  sampler=sampler, shaping=shaping, save_influence=save_influence is not None)
+                  sampler=sampler, shaping=shaping, save_influence=save_influence is not None, cuda_graph=cuda_graph)
     for flag, value, ok in (("--steps", steps, steps >= 1), ("--batch", batch, batch >= 1), ("--eta", eta, eta >= 0)):
         if not ok:
             raise InputError(f"{flag} {value}: out of range (steps and batch >= 1, eta >= 0)")
@@ -52,7 +55,9 @@ def run(text, mask, out, checkpoint, backend, engine_dir, seed, steps, eta, samp
     if save_influence is not None:
         check_output_path(save_influence, "--save-influence")
     ckpt = checkpoint if checkpoint is not None or engine_dir is not None else default_checkpoint()
-    runner, desc = make_runner(backend, ckpt, engine_dir, device, DTYPES[dtype],
+    on_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    dt = DTYPES[dtype or ("fp16" if on_cuda else "fp32")]
+    runner, desc = make_runner(backend, ckpt, engine_dir, device, dt,
                                progress=lambda n: click.echo(f"exporting {n} to ONNX (first use)", err=True))
     click.echo(desc, err=True)
     req.validate(runner.cfg)

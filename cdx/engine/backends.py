@@ -50,6 +50,12 @@ def make_runner(backend: str, checkpoint: Path | None, engine_dir: Path | None =
         from .runner import TorchRunner
 
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.device(dev).type == "cuda":  # the fast path: SDPA attention, fused kernel, CUDA graphs
+            from .torch_cuda import cuda_runner
+
+            return cuda_runner(load_bundle(checkpoint), dtype, dev), f"backend: torch ({dev}, {str(dtype)[6:]})"
+        if dtype != torch.float32:
+            raise CdxError("--dtype fp16/bf16 needs a CUDA device; on the CPU use fp32")
         return TorchRunner(load_bundle(checkpoint), dev, dtype), f"backend: torch ({dev}, {str(dtype)[6:]})"
     if backend == "onnxruntime":
         from .ort_runner import OrtRunner

@@ -28,6 +28,7 @@ class Request:
     sampler: str = "ddim"
     shaping: bool | None = None  # None: the model's default
     save_influence: bool = False
+    cuda_graph: bool | None = None  # replay the loop from a CUDA graph; None: on where the runner is on CUDA
 
     def validate(self, cfg: ModelConfig) -> None:
         if self.text is None and self.mask is None:
@@ -105,7 +106,10 @@ def generate(runner: Runner, cfg: ModelConfig, req: Request, callback: Callable[
     shaping = make_shaping(use_cfg, names, table, cfg.timesteps)
     shape = (cfg.latent_channels, *cfg.latent_size)
     x_T, steps_noise = noise if noise is not None else draw_noise(req.seed, req.batch, shape, table.num_steps)
-    loop = sample(runner, names, contexts, x_T, steps_noise, table, shaping, req.save_influence, callback=callback)
+    loop_fn = sample
+    if req.cuda_graph or (req.cuda_graph is None and torch.device(runner.device).type == "cuda"):
+        from .cuda_graph import sample_graphed as loop_fn  # same result; plain loop, with a notice, if it cannot
+    loop = loop_fn(runner, names, contexts, x_T, steps_noise, table, shaping, req.save_influence, callback=callback)
     image = runner.run("vae_decoder", {"latent": loop.z0})["image"]
     return Result(images=to_uint8(image), image_tensor=image, loop=loop, modalities=names,
                   timesteps=table.timesteps)

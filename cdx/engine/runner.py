@@ -8,6 +8,7 @@ from typing import Protocol
 
 import torch
 
+from ..errors import CdxError
 from ..export.spec import NetworkSpec, network_specs
 from ..models.collab import CollaborativeModel
 
@@ -32,9 +33,16 @@ class TorchRunner:
         self.specs = network_specs(model.cfg)
         self._modules = {}
         if dtype != torch.float32:
+            if self.device.type != "cuda":
+                raise CdxError("fp16/bf16 runs need a CUDA device; on the CPU use fp32")
+            from ..models.unet import GroupNorm32
+
             for m in model.cfg.modalities:  # encoders stay fp32: they run once per request
-                model.unets[m.name].to(dtype)
-                model.diffusers[m.name].to(dtype)
+                for net in (model.unets[m.name], model.diffusers[m.name]):
+                    net.to(dtype)
+                    for norm in net.modules():  # GroupNorm32 normalises an fp32 copy: fp32 parameters
+                        if isinstance(norm, GroupNorm32):
+                            norm.float()
 
     def _module(self, name: str):
         if name not in self._modules:

@@ -1,0 +1,468 @@
+"""The collaborative loop with no host in it: one step (every collaborator and diffuser, then the fused
+collaborate kernel) captured as a CUDA graph and replayed for every step, or the whole loop captured
+at once.
+
+Everything a step reads lives in static device buffers filled once per request (`GraphedLoop.load`):
+x, the per-step tables packed in one float32 upload (`pack_tables`), the timesteps, the noise of every
+step (N, B, C, h, w) and the contexts. The step index is a device int64 that the step itself reads
+(t_i and noise_i are gathered by it, the fused kernel reads coeffs[i] through it) and increments at
+its end, so the same graph serves every step. The step body (`GraphedLoop.step`) is the same code
+whether it is captured or run eagerly, which is how the CPU tests check it against `sampler.sample`.
+
+Any runner whose networks can be launched on the current stream without synchronising qualifies: a
+runner with `enqueue(network, inputs)` (CudaTorchRunner, TensorRTRunner) or any TorchRunner on CUDA.
+Where capture is impossible, `sample_graphed` runs the plain loop after a one-line notice.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..kernels import collaborate, select_kernel
+from .runner import Runner, TorchRunner
+from .sampler import LoopResult, Shaping, sample
+from .schedule import StepTable
+from .torch_cuda import enqueue_torch
+
+MODES = ("step", "loop", "eager")
+ALIGN = 4  # floats: every table view starts on a 16-byte boundary
+CACHE_PER_RUNNER = 2  # captured loops kept per runner (each holds its graph's memory pool)
+
+
+class GraphFallbackWarning(RuntimeWarning):
+    """The CUDA-graph loop could not be used; the plain loop ran instead."""
+
+
+# ----------------------------------------------------------------------------- step tables, one upload
+
+@dataclass(frozen=True)
+class TableLayout:
+    """Where each per-step table sits in the packed float32 upload (offsets in floats)."""
+
+    steps: int
+    m: int
+    coeffs: int  # (N, 6), columns schedule.COEFF_NAMES
+    decay: int | None  # (N, M) official shaping decay, or None
+    scale: int | None  # (M,) official shaping scale, or None
+    size: int
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def table_layout(steps: int, m: int, shaped: bool) -> TableLayout:
+    """coeffs, then decay and scale when shaped, each padded to ALIGN floats."""
+    off = _aligned(steps * 6)
+    decay = scale = None
+    if shaped:
+        decay, off = off, off + _aligned(steps * m)
+        scale, off = off, off + _aligned(m)
+    return TableLayout(steps, m, 0, decay, scale, off)
+
+
+def pack_tables(table: StepTable, shaping: Shaping | None, m: int) -> tuple[np.ndarray, TableLayout]:
+    """All per-step float scalars of a request in one (size,) float32 array, and its layout."""
+    layout = table_layout(table.num_steps, m, shaping is not None)
+    packed = np.zeros(layout.size, dtype=np.float32)
+    packed[:table.coeffs.size] = np.asarray(table.coeffs, np.float32).reshape(-1)
+    if shaping is not None:
+        if shaping.decay.shape != (table.num_steps, m) or shaping.scale.shape != (m,):
+            raise ValueError(f"shaping tables {shaping.decay.shape}, {shaping.scale.shape} do not fit "
+                             f"{table.num_steps} steps and {m} modalities")
+        packed[layout.decay:layout.decay + shaping.decay.size] = shaping.decay.reshape(-1)
+        packed[layout.scale:layout.scale + m] = shaping.scale
+    return packed, layout
+
+
+def table_views(packed: torch.Tensor, layout: TableLayout):
+    """(coeffs (N, 6), decay (N, M) or None, scale (M,) or None): contiguous views of the packed buffer."""
+    n, m = layout.steps, layout.m
+    coeffs = packed[layout.coeffs:layout.coeffs + n * 6].view(n, 6)
+    decay = packed[layout.decay:layout.decay + n * m].view(n, m) if layout.decay is not None else None
+    scale = packed[layout.scale:layout.scale + m] if layout.scale is not None else None
+    return coeffs, decay, scale
+
+
+# ----------------------------------------------------------------------------- buffer plan
+
+@dataclass(frozen=True)
+class LoopPlan:
+    """Shapes and dtypes of every static buffer of one loop; equal plans can share a captured graph."""
+
+    names: tuple[str, ...]
+    batch: int
+    latent: tuple[int, int, int]  # C, h, w
+    eps_dtype: torch.dtype  # what the collaborators return
+    logits_dtype: torch.dtype  # what the diffusers return
+    contexts: tuple[tuple[tuple[int, ...], torch.dtype], ...]
+    layout: TableLayout
+    receiver: int
+    influence: bool
+    trace: bool
+
+    @property
+    def m(self) -> int:
+        return len(self.names)
+
+    @property
+    def steps(self) -> int:
+        return self.layout.steps
+
+    def buffers(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Every static buffer by name: (shape, dtype)."""
+        m, b, n, (c, h, w) = self.m, self.batch, self.steps, self.latent
+        f32, i64 = torch.float32, torch.int64
+        bufs = {
+            "x": ((b, c, h, w), f32),  # the sampler state, updated in place by the kernel
+            "eps": ((m, b, c, h, w), self.eps_dtype),  # collaborators' predictions, stacked
+            "logits": ((m, b, 1, h, w), self.logits_dtype),  # diffusers' influence logits, stacked
+            "eps_out": ((b, c, h, w), self.eps_dtype),  # combined eps of the step
+            "noise": ((n, b, c, h, w), f32),  # every step's noise, uploaded once
+            "noise_i": ((1, b, c, h, w), f32),  # noise[i], gathered by the device step
+            "tables": ((self.layout.size,), f32),  # pack_tables
+            "timesteps": ((n,), i64),
+            "t": ((1,), i64),  # timesteps[i], gathered by the device step
+            "step": ((1,), i64),  # the device step index i
+            "coeffs_row": ((1, 6), f32),  # coeffs[i] for kernels that take the step from the host
+            "decay_row": ((1, m), f32),
+        }
+        for j, (shape, dtype) in enumerate(self.contexts):
+            bufs[f"context{j}"] = (shape, dtype)
+        if self.influence:
+            bufs["w"] = ((m, b, 1, h, w), f32)
+            bufs["influence"] = ((n, m, b, 1, h, w), f32)
+        if self.trace:
+            bufs["trace_eps"] = ((n, b, c, h, w), self.eps_dtype)
+            bufs["trace_x"] = ((n, b, c, h, w), f32)
+        return bufs
+
+    def nbytes(self) -> int:
+        return sum(int(np.prod(s)) * torch.empty((), dtype=d).element_size() for s, d in self.buffers().values())
+
+
+def _out_dtype(runner: Runner, network: str) -> torch.dtype:
+    fn = getattr(runner, "net_dtype", None)
+    return fn(network) if callable(fn) else torch.float32
+
+
+def plan_loop(runner: Runner, names: Sequence[str], contexts: Sequence[torch.Tensor], x_T: torch.Tensor,
+              noise: torch.Tensor, table: StepTable, shaping: Shaping | None = None,
+              return_influence: bool = False, trace: bool = False) -> LoopPlan:
+    """The buffer plan for one request, after checking that its tensors agree with each other."""
+    m, n = len(names), table.num_steps
+    if m < 1 or len(contexts) != m:
+        raise ValueError(f"need one context per modality, got {len(contexts)} for {m} modalities")
+    if x_T.dim() != 4:
+        raise ValueError(f"x_T must be (B, C, h, w), got {tuple(x_T.shape)}")
+    b = int(x_T.shape[0])
+    if tuple(noise.shape) != (n, *x_T.shape):
+        raise ValueError(f"noise must be (N, B, C, h, w) = {(n, *x_T.shape)}, got {tuple(noise.shape)}")
+    for name, c in zip(names, contexts):
+        if c.dim() != 3 or c.shape[0] != b:
+            raise ValueError(f"context of {name!r} must be (B={b}, L, D), got {tuple(c.shape)}")
+    layout = table_layout(n, m, shaping is not None)
+    return LoopPlan(
+        names=tuple(names), batch=b, latent=tuple(int(s) for s in x_T.shape[1:]),
+        eps_dtype=_out_dtype(runner, f"{names[0]}_unet"),
+        logits_dtype=_out_dtype(runner, f"{names[0]}_diffuser") if m > 1 else _out_dtype(runner, f"{names[0]}_unet"),
+        contexts=tuple((tuple(c.shape), c.dtype) for c in contexts), layout=layout,
+        receiver=shaping.receiver if shaping is not None else -1, influence=return_influence, trace=trace,
+    )
+
+
+class _Buffers:
+    """The allocated plan: one attribute per buffer, plus the table and step views."""
+
+    def __init__(self, plan: LoopPlan, device: torch.device):
+        for name, (shape, dtype) in plan.buffers().items():
+            setattr(self, name, torch.zeros(shape, dtype=dtype, device=device))  # logits stay 0 when M == 1
+        self.coeffs, self.decay, self.scale = table_views(self.tables, plan.layout)
+        self.step0 = self.step.view(())  # the 0-d step the kernels read on the device
+        self.contexts = [getattr(self, f"context{j}") for j in range(len(plan.contexts))]
+
+
+# ----------------------------------------------------------------------------- capture
+
+def launcher(runner: Runner, capturable: bool = True) -> Callable | None:
+    """`f(network, inputs) -> outputs` launching on the current stream, or None if the runner has none.
+
+    With capturable=False (eager replays) a runner's plain `run` is accepted too."""
+    fn = getattr(runner, "enqueue", None)
+    if callable(fn):
+        return fn
+    if isinstance(runner, TorchRunner):
+        return functools.partial(enqueue_torch, runner)
+    if not capturable and callable(getattr(runner, "run", None)):
+        return runner.run
+    return None
+
+
+def unavailable_reason(runner: Runner) -> str | None:
+    """Why this runner's loop cannot be captured here, or None."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    backend, dev = getattr(runner, "backend", type(runner).__name__), getattr(runner, "device", None)
+    if dev is None or torch.device(dev).type != "cuda":
+        return f"the {backend} runner runs on {dev}, not on a CUDA device"
+    if launcher(runner) is None:
+        return f"the {backend} runner cannot enqueue its networks on a stream"
+    return None
+
+
+def _abandon(graph) -> None:
+    try:
+        graph.capture_end()
+    except RuntimeError:
+        pass  # an invalidated capture refuses to end; the exception that invalidated it is re-raised
+
+
+def capture(fn: Callable[[], object], device: torch.device):
+    """Record the launches of `fn` on a fresh stream into a CUDA graph; nothing runs. Raises on failure."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream(device)
+    torch.cuda.synchronize(device)
+    with torch.cuda.device(device), torch.cuda.stream(stream), torch.inference_mode():
+        graph.capture_begin(capture_error_mode="thread_local")
+        try:
+            fn()
+        except BaseException:
+            _abandon(graph)
+            raise
+        graph.capture_end()
+    return graph
+
+
+# ----------------------------------------------------------------------------- the loop
+
+class GraphedLoop:
+    """Static buffers and one collaborative step that reads its index on the device.
+
+    mode "step": the step is captured once and replayed N times; "loop": N steps captured in one graph;
+    "eager": the step runs as plain launches (any device: the CPU emulation the tests use).
+    streams > 1 spreads the 2M independent networks of a step over that many streams (CUDA only).
+    combine defaults to the dispatcher `cdx.kernels.collaborate`; step_on_device (default: whether the
+    chosen kernel reads the step from memory) passes the device step to it, else coeffs[i] and decay[i]
+    are gathered on the device into one-row tables and the kernel is given step 0.
+    """
+
+    def __init__(self, runner: Runner, plan: LoopPlan, mode: str = "step", streams: int = 1,
+                 combine: Callable | None = None, step_on_device: bool | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if streams < 1:
+            raise ValueError(f"streams must be >= 1, got {streams}")
+        self.runner, self.plan, self.mode = runner, plan, mode
+        self.device = torch.device(runner.device)
+        if mode != "eager" and self.device.type != "cuda":
+            raise ValueError(f"mode {mode!r} needs a CUDA runner (this one runs on {self.device}); use 'eager'")
+        self._launch = launcher(runner, capturable=mode != "eager")
+        if self._launch is None:
+            raise ValueError(f"the {getattr(runner, 'backend', type(runner).__name__)} runner cannot enqueue "
+                             "its networks")
+        self.combine = combine or collaborate
+        if step_on_device is None:
+            step_on_device = combine is None and select_kernel(self.device) != "torch"
+        self.step_on_device = step_on_device
+        self.buf = _Buffers(plan, self.device)
+        self._streams = ([torch.cuda.Stream(self.device) for _ in range(streams)]
+                         if streams > 1 and self.device.type == "cuda" else [])
+        b = self.buf
+        # (network, output name, destination): all collaborators, then all diffusers, as `sample` runs them
+        self._jobs = [(f"{n}_unet", "eps", b.eps[j], b.contexts[j]) for j, n in enumerate(plan.names)]
+        if plan.m > 1:
+            self._jobs += [(f"{n}_diffuser", "logits", b.logits[j], b.contexts[j]) for j, n in enumerate(plan.names)]
+        self.graph = None
+
+    # -- the graph body: the same code captured or eager
+    def networks(self) -> None:
+        """Every collaborator and diffuser at (x, t_i), outputs copied into the eps/logits stacks."""
+        b = self.buf
+        torch.index_select(b.timesteps, 0, b.step, out=b.t)  # t_i read on the device
+        t = b.t.expand(self.plan.batch)  # (1,) -> (B,)
+        if not self._streams:
+            for job in self._jobs:
+                self._run(job, t)
+            return
+        main = torch.cuda.current_stream(self.device)
+        for s in self._streams:
+            s.wait_stream(main)
+        for k, job in enumerate(self._jobs):
+            with torch.cuda.stream(self._streams[k % len(self._streams)]):
+                self._run(job, t)
+        for s in self._streams:
+            main.wait_stream(s)
+
+    def _run(self, job, t) -> None:
+        network, key, dest, context = job
+        out = self._launch(network, {"x": self.buf.x, "t": t, "context": context})[key]
+        dest.copy_(out)  # (B, C|1, h, w) in the network's dtype and layout -> contiguous stack slot
+
+    def step(self) -> None:
+        """One collaborative step (Algorithm 2's loop body) on the static buffers; then i += 1 on the device."""
+        b, p = self.buf, self.plan
+        self.networks()
+        torch.index_select(b.noise, 0, b.step, out=b.noise_i)  # noise[i]: (1, B, C, h, w)
+        if self.step_on_device:
+            coeffs, decay, step = b.coeffs, b.decay, b.step0  # the kernel reads row i itself
+        else:
+            torch.index_select(b.coeffs, 0, b.step, out=b.coeffs_row)
+            if b.decay is not None:
+                torch.index_select(b.decay, 0, b.step, out=b.decay_row)
+            coeffs, decay, step = b.coeffs_row, b.decay_row if b.decay is not None else None, 0
+        out = (b.eps_out, b.x, b.w) if p.influence else (b.eps_out, b.x)
+        self.combine(b.eps, b.logits, b.x, b.noise_i[0], coeffs, step, decay=decay, scale=b.scale,
+                     receiver=p.receiver, return_weights=p.influence, out=out)
+        if p.influence:
+            b.influence.index_copy_(0, b.step, b.w.unsqueeze(0))
+        if p.trace:
+            b.trace_eps.index_copy_(0, b.step, b.eps_out.unsqueeze(0))
+            b.trace_x.index_copy_(0, b.step, b.x.unsqueeze(0))
+        b.step.add_(1)
+
+    def _body(self) -> None:
+        for _ in range(self.plan.steps if self.mode == "loop" else 1):
+            self.step()
+
+    # -- host side
+    def load(self, x_T: torch.Tensor, noise: torch.Tensor, contexts: Sequence[torch.Tensor], table: StepTable,
+             shaping: Shaping | None = None) -> None:
+        """Upload one request: tables, timesteps, x_T, all-steps noise, contexts; step = 0."""
+        b, p = self.buf, self.plan
+        packed, layout = pack_tables(table, shaping, p.m)
+        if layout != p.layout or tuple(x_T.shape) != (p.batch, *p.latent) or len(contexts) != p.m:
+            raise ValueError("this request does not fit the loop's buffer plan (make a new GraphedLoop)")
+        if (shaping.receiver if shaping is not None else -1) != p.receiver:
+            raise ValueError(f"receiver {shaping.receiver if shaping else -1} differs from the plan's {p.receiver}")
+        b.tables.copy_(torch.from_numpy(packed), non_blocking=True)
+        b.timesteps.copy_(torch.from_numpy(np.ascontiguousarray(table.timesteps, dtype=np.int64)), non_blocking=True)
+        b.x.copy_(x_T, non_blocking=True)
+        b.noise.copy_(noise, non_blocking=True)
+        for dst, src in zip(b.contexts, contexts):
+            dst.copy_(src, non_blocking=True)
+        b.step.zero_()
+
+    def prepare(self) -> None:
+        """Warm up once (lazy initialisation must not happen inside a capture), then capture. Needs load()."""
+        if self.mode == "eager" or self.graph is not None:
+            return
+        b = self.buf
+        x_loaded = b.x.clone()
+        main = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side), torch.inference_mode():
+            self.step()
+        main.wait_stream(side)
+        b.x.copy_(x_loaded)  # undo the warm-up step
+        b.step.zero_()
+        self.graph = capture(self._body, self.device)
+
+    def replay(self, callback: Callable[[int], None] | None = None) -> None:
+        """Run the N steps from step 0 on the loaded request; no host synchronisation."""
+        self.buf.step.zero_()
+        n = self.plan.steps
+        if self.mode == "eager":
+            with torch.inference_mode():
+                for i in range(n):
+                    self.step()
+                    if callback is not None:
+                        callback(i)
+        elif self.mode == "step":
+            for i in range(n):
+                self.graph.replay()
+                if callback is not None:
+                    callback(i)  # the host runs ahead: the step is queued, not necessarily done
+        else:
+            self.graph.replay()
+            for i in range(n if callback is not None else 0):
+                callback(i)
+
+    def result(self) -> LoopResult:
+        b, p = self.buf, self.plan
+        return LoopResult(
+            z0=b.x.clone(),
+            influence=b.influence.clone() if p.influence else None,
+            trace={"eps": b.trace_eps.clone(), "x": b.trace_x.clone()} if p.trace else None,
+        )
+
+    def __call__(self, x_T, noise, contexts, table, shaping=None, callback=None) -> LoopResult:
+        self.load(x_T, noise, contexts, table, shaping)
+        self.prepare()
+        self.replay(callback)
+        return self.result()
+
+
+# ----------------------------------------------------------------------------- the sampler entry point
+
+_LOOPS: "weakref.WeakKeyDictionary[object, OrderedDict]" = weakref.WeakKeyDictionary()
+
+
+def graphed_loop(runner: Runner, plan: LoopPlan, mode: str = "step", streams: int = 1,
+                 combine: Callable | None = None) -> GraphedLoop:
+    """The runner's loop for `plan` (captured graphs are kept, up to CACHE_PER_RUNNER per runner)."""
+    key = (plan, mode, streams, combine)
+    try:
+        loops = _LOOPS.setdefault(runner, OrderedDict())
+    except TypeError:  # a runner that cannot be weakly referenced is not cached
+        return GraphedLoop(runner, plan, mode, streams, combine)
+    if key in loops:
+        loops.move_to_end(key)
+        return loops[key]
+    while len(loops) >= CACHE_PER_RUNNER:
+        loops.popitem(last=False)
+    loops[key] = GraphedLoop(runner, plan, mode, streams, combine)
+    return loops[key]
+
+
+def forget(runner: Runner) -> None:
+    """Drop the runner's captured loops (call after replacing its weights' storage)."""
+    _LOOPS.pop(runner, None)
+
+
+def _notice(why: str) -> None:
+    line = " ".join(str(why).split())[:240]
+    warnings.warn(f"cuda graph: {line}; running the plain loop", GraphFallbackWarning, stacklevel=3)
+
+
+def sample_graphed(
+    runner: Runner,
+    names: Sequence[str],
+    contexts: Sequence[torch.Tensor],
+    x_T: torch.Tensor,
+    noise: torch.Tensor,
+    table: StepTable,
+    shaping: Shaping | None = None,
+    return_influence: bool = False,
+    trace: bool = False,
+    callback: Callable[[int], None] | None = None,
+    *,
+    mode: str = "step",
+    streams: int = 1,
+    combine: Callable | None = None,
+) -> LoopResult:
+    """`sampler.sample` replayed from a CUDA graph (same arguments, same result); the plain loop, after a
+    one-line GraphFallbackWarning, where the loop cannot be captured."""
+    plan = plan_loop(runner, names, contexts, x_T, noise, table, shaping, return_influence, trace)
+    why = unavailable_reason(runner)
+    if why is None:
+        try:
+            loop = graphed_loop(runner, plan, mode, streams, combine)
+            loop.load(x_T, noise, contexts, table, shaping)
+            loop.prepare()
+        except Exception as exc:  # capture refused (a sync inside a network, an unsupported op, ...)
+            forget(runner)
+            first = (str(exc).strip().splitlines() or [""])[0]
+            why = f"capture failed ({type(exc).__name__}: {first})"
+    if why is not None:
+        _notice(why)
+        return sample(runner, names, contexts, x_T, noise, table, shaping, return_influence, trace, callback)
+    loop.replay(callback)
+    return loop.result()

@@ -1,0 +1,139 @@
+"""The fast torch path for CUDA: UNets, diffusers and the VAE in fp16 (or bf16), attention through
+`F.scaled_dot_product_attention` with each module's own scale, optional channels-last weights, and an
+`enqueue` that launches a network on a stream without synchronising (what `cuda_graph.py` captures).
+
+The reference modules are not edited: attention is swapped by overriding one hook (`forward`) in a
+subclass, only in the model handed to `CudaTorchRunner`, so the default CPU path keeps its numerics.
+As in the official fp16 conversion, the UNets' GroupNorm32 layers keep fp32 parameters (they
+normalise in fp32 and cast back). Encoders stay fp32: they run once per request.
+
+Channels-last is off by default: torch's CUDA GroupNorm takes NCHW only, and nearly every UNet
+convolution follows a GroupNorm, so NHWC weights would add two layout copies per convolution;
+`benchmarks/bench_gpu.py` measures both. The same code runs on CPU tensors, for the tests.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..models.autoencoder import AttnBlock
+from ..models.collab import CollaborativeModel
+from ..models.unet import CrossAttention, GroupNorm32
+from .runner import TorchRunner
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class SdpaCrossAttention(CrossAttention):
+    """CrossAttention as one fused `scaled_dot_product_attention` call with the explicit scale d^-0.5."""
+
+    def forward(self, x, context=None):
+        context = x if context is None else context
+        b, n, _ = x.shape
+        h = self.heads
+        # (B, L, h*d) -> (B, h, L, d): a view, the last dimension stays contiguous
+        q, k, v = (t.reshape(b, t.shape[1], h, -1).transpose(1, 2)
+                   for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+        # softmax(q k^T * scale) v; the scale is the reference module's, never re-derived from a padded d
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, h, N, d)
+        out = out.transpose(1, 2).reshape(b, n, -1)  # (B, h, N, d) -> (B, N, h*d)
+        return self.to_out(out)
+
+
+class SdpaAttnBlock(AttnBlock):
+    """The VAE's single-head pixel attention as one `scaled_dot_product_attention` call, scale c^-0.5."""
+
+    def forward(self, x):
+        h = self.norm(x)
+        q, k, v = self.q(h), self.k(h), self.v(h)
+        b, c, hh, ww = q.shape
+        # (B, C, H, W) -> (B, 1, HW, C): one head whose size is the channel count
+        q, k, v = (t.reshape(b, 1, c, hh * ww).transpose(2, 3) for t in (q, k, v))
+        h = F.scaled_dot_product_attention(q, k, v, scale=int(c) ** -0.5)  # (B, 1, HW, C)
+        h = h.transpose(2, 3).reshape(b, c, hh, ww)  # (B, 1, HW, C) -> (B, C, H, W)
+        return x + self.proj_out(h)
+
+
+SDPA_CLASSES = {CrossAttention: SdpaCrossAttention, AttnBlock: SdpaAttnBlock}
+
+
+def use_sdpa(module: torch.nn.Module) -> int:
+    """Switch every reference attention inside `module` to its SDPA subclass in place; returns how many."""
+    count = 0
+    for m in module.modules():
+        swap = SDPA_CLASSES.get(type(m))
+        if swap is not None:
+            m.__class__ = swap  # same parameters and attributes, one overridden method
+            count += 1
+    return count
+
+
+def keep_norms_fp32(module: torch.nn.Module) -> None:
+    """GroupNorm32 normalises an fp32 copy of its input, so its parameters must stay fp32."""
+    for m in module.modules():
+        if isinstance(m, GroupNorm32):
+            m.float()
+
+
+class CudaTorchRunner(TorchRunner):
+    """TorchRunner with the fast-path conversions and `enqueue`; meant for CUDA, runs on any device."""
+
+    backend = "torch-cuda"
+
+    def __init__(self, model: CollaborativeModel, device: str | torch.device = "cuda", dtype=torch.float16,
+                 channels_last: bool = False, sdpa: bool = True, vae_dtype: torch.dtype | None = None,
+                 cudnn_benchmark: bool = True):
+        super().__init__(model, device, dtype)  # moves the model, casts UNets and diffusers to `dtype`
+        self.vae_dtype = dtype if vae_dtype is None else vae_dtype
+        self.channels_last, self.sdpa = channels_last, sdpa
+        model.vae.to(self.vae_dtype)
+        loop_nets = [model.unets[m.name] for m in self.cfg.modalities] + \
+                    [model.diffusers[m.name] for m in self.cfg.modalities]
+        for net in loop_nets + [model.vae]:
+            keep_norms_fp32(net)
+            if sdpa:
+                use_sdpa(net)
+            if channels_last:
+                net.to(memory_format=torch.channels_last)  # 4-d conv weights NHWC
+        if cudnn_benchmark and self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # process-wide: static shapes, autotuned once per shape
+
+    def net_dtype(self, name: str):
+        if self.specs[name].kind in ("vae_decoder", "vae_encoder"):
+            return self.vae_dtype
+        return super().net_dtype(name)
+
+    def enqueue(self, network: str, inputs: dict[str, torch.Tensor],
+                stream: torch.cuda.Stream | None = None) -> dict[str, torch.Tensor]:
+        """Launch `network` on `stream` (default: the current one) and return its outputs as they come
+        (network dtype, maybe channels-last); no host synchronisation, nothing copied to the host."""
+        if stream is None:
+            return enqueue_torch(self, network, inputs)
+        with torch.cuda.stream(stream):
+            return enqueue_torch(self, network, inputs)
+
+    @torch.inference_mode()
+    def run(self, network: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        return {k: v.float().contiguous() for k, v in enqueue_torch(self, network, inputs).items()}
+
+
+@torch.inference_mode()
+def enqueue_torch(runner: TorchRunner, network: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Run one network of a TorchRunner on the current stream; inputs must already be on its device.
+
+    Floating inputs are cast to the network's dtype; outputs keep the network's dtype and layout."""
+    spec = runner.specs[network]
+    dt = runner.net_dtype(network)
+    args = []
+    for t in spec.inputs:
+        v = inputs[t.name]
+        args.append(v.to(dt) if v.is_floating_point() else v)
+    return {spec.outputs[0].name: runner.model.module(network)(*args)}
+
+
+def cuda_runner(model: CollaborativeModel, dtype: str | torch.dtype = "fp16", device: str | torch.device = "cuda",
+                **options) -> CudaTorchRunner:
+    """The fast torch runner: `dtype` 'fp16' (default), 'bf16' or 'fp32'; options as CudaTorchRunner's."""
+    dt = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    return CudaTorchRunner(model, device, dt, **options)
