@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -53,6 +52,7 @@ from cdx.engine.schedule import alphas_cumprod, linear_betas, make_table  # noqa
 from cdx.engine.torch_cuda import CudaTorchRunner  # noqa: E402
 from cdx.kernels import collaborate_torch, select_kernel  # noqa: E402
 from cdx.models.collab import CollaborativeModel  # noqa: E402
+from cdx.models.random_init import randomize  # noqa: E402
 from cdx.models.config import MASK_CLASSES, MASK_TOKENS, preset as get_preset  # noqa: E402
 
 GOAL_SPEEDUP, GOAL_OUTSIDE_PCT, PSNR_MIN = 10.0, 2.0, 30.0
@@ -142,17 +142,7 @@ def random_model(cfg, device: torch.device, seed: int = 0) -> CollaborativeModel
     with torch.device("meta"):
         model = CollaborativeModel(cfg)
     model = model.to_empty(device=device)
-    g = torch.Generator(device=device).manual_seed(seed)
-    for module in model.modules():
-        is_norm = isinstance(module, (nn.GroupNorm, nn.LayerNorm))
-        for name, p in module.named_parameters(recurse=False):
-            noise = torch.randn(p.shape, generator=g, device=device, dtype=p.dtype)
-            if p.dim() >= 2:
-                p.copy_(noise / (p[0].numel() ** 0.5))
-            elif is_norm and name == "weight":
-                p.copy_(1 + 0.1 * noise)
-            else:
-                p.copy_(0.05 * noise)
+    randomize(model, seed)
     left = [name for name, _ in model.named_buffers()]
     if left:
         raise RuntimeError(f"buffers {left[:3]} would be left uninitialised by the meta-device build")

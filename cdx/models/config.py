@@ -98,44 +98,36 @@ def _official(preset: str, vae_mult: tuple[int, ...], resolution: int, scale_fac
     )
 
 
-def tiny() -> ModelConfig:
-    """A small configuration of the same family, for CPU work and tests (latent 3x16x16, image 64x64)."""
+def _cpu_sized(name: str, unet_mult: tuple[int, ...], unet_channels: int, unet_attn: tuple[int, ...],
+               text_dim_head: int, vae_mult: tuple[int, ...], shaping: bool = False) -> ModelConfig:
+    """Small members of the official family for CPU work: 64x64 faces, f4 latent 3x16x16, context 64."""
     ctx = 64
-    unet = UNetConfig(in_channels=3, out_channels=3, model_channels=64, channel_mult=(1, 2, 2),
-                      num_res_blocks=1, attention_resolutions=(2, 4), num_heads=4, context_dim=ctx)
+    unet = UNetConfig(in_channels=3, out_channels=3, model_channels=unet_channels, channel_mult=unet_mult,
+                      num_res_blocks=1, attention_resolutions=unet_attn, num_heads=4, context_dim=ctx)
     diffuser = UNetConfig(in_channels=3, out_channels=1, model_channels=32, channel_mult=(1, 2),
                           num_res_blocks=1, attention_resolutions=(2,), num_heads=4, context_dim=ctx)
-    text = TextEncoderConfig(n_embed=ctx, n_layer=2, vocab_size=30522, max_seq_len=77, heads=4, dim_head=16)
+    text = TextEncoderConfig(n_embed=ctx, n_layer=2, vocab_size=30522, max_seq_len=77, heads=4,
+                             dim_head=text_dim_head)
     return ModelConfig(
-        preset="tiny",
+        preset=name,
         modalities=(
             ModalityConfig("mask", "mask", unet, diffuser, context_dim=ctx),
             ModalityConfig("text", "text", unet, diffuser, text=text, context_dim=ctx),
         ),
-        autoencoder=AutoencoderConfig(embed_dim=3, z_channels=3, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+        autoencoder=AutoencoderConfig(embed_dim=3, z_channels=3, ch=32, ch_mult=vae_mult, num_res_blocks=1,
                                       resolution=64),
-        latent_channels=3, latent_size=(16, 16), scale_factor=1.0, shaping=False,
+        latent_channels=3, latent_size=(16, 16), scale_factor=1.0, shaping=shaping,
     )
+
+
+def tiny() -> ModelConfig:
+    """A small configuration of the same family, for CPU work and tests."""
+    return _cpu_sized("tiny", (1, 2, 2), 64, (2, 4), 16, (1, 2, 2))
 
 
 def small() -> ModelConfig:
-    """The architecture of the shipped default model: 64x64 faces, latent 3x16x16, about 10 M parameters."""
-    ctx = 64
-    unet = UNetConfig(in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2, 4),
-                      num_res_blocks=1, attention_resolutions=(2, 4), num_heads=4, context_dim=ctx)
-    diffuser = UNetConfig(in_channels=3, out_channels=1, model_channels=32, channel_mult=(1, 2),
-                          num_res_blocks=1, attention_resolutions=(2,), num_heads=4, context_dim=ctx)
-    text = TextEncoderConfig(n_embed=ctx, n_layer=2, vocab_size=30522, max_seq_len=77, heads=4, dim_head=16)
-    return ModelConfig(
-        preset="small",
-        modalities=(
-            ModalityConfig("mask", "mask", unet, diffuser, context_dim=ctx),
-            ModalityConfig("text", "text", unet, diffuser, text=text, context_dim=ctx),
-        ),
-        autoencoder=AutoencoderConfig(embed_dim=3, z_channels=3, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                                      resolution=64),
-        latent_channels=3, latent_size=(16, 16), scale_factor=1.0, shaping=False,
-    )
+    """The architecture of the shipped default model, about 13 M parameters."""
+    return _cpu_sized("small", (1, 2, 4), 32, (2, 4), 16, (1, 2, 2))
 
 
 PRESETS = {

@@ -76,32 +76,32 @@ def reconstruction_loss(unet, z0: torch.Tensor, context: torch.Tensor, acp: torc
     return torch.mean((unet(z_t, t, context.expand(batch, -1, -1)) - eps) ** 2)
 
 
-def optimise_embedding(unet, z0, target, acp, cfg: EditConfig, gen, progress=None) -> torch.Tensor:
-    """Step (a): the frozen collaborator, a trainable copy of the target embedding."""
-    unet.requires_grad_(False)
-    e = target.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([e], lr=cfg.embed_lr)
-    for _ in range(cfg.embed_steps):
-        loss = reconstruction_loss(unet, z0, e, acp, gen, cfg.batch)
+def _descend(params, loss_fn: Callable[[], torch.Tensor], steps: int, lr: float, progress=None) -> None:
+    """Adam on `params` for `steps` steps of `loss_fn`."""
+    opt = torch.optim.Adam(params, lr=lr)
+    for _ in range(steps):
+        loss = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if progress:
             progress(float(loss))
+
+
+def optimise_embedding(unet, z0, target, acp, cfg: EditConfig, gen, progress=None) -> torch.Tensor:
+    """Step (a): the frozen collaborator, a trainable copy of the target embedding."""
+    unet.requires_grad_(False)
+    e = target.detach().clone().requires_grad_(True)
+    _descend([e], lambda: reconstruction_loss(unet, z0, e, acp, gen, cfg.batch), cfg.embed_steps, cfg.embed_lr,
+             progress)
     return e.detach()
 
 
 def finetune(unet, z0, embedding, acp, cfg: EditConfig, gen, progress=None):
     """Step (b): the collaborator's weights, the optimised embedding fixed."""
     unet.requires_grad_(True)
-    opt = torch.optim.Adam(unet.parameters(), lr=cfg.finetune_lr)
-    for _ in range(cfg.finetune_steps):
-        loss = reconstruction_loss(unet, z0, embedding, acp, gen, cfg.batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if progress:
-            progress(float(loss))
+    _descend(list(unet.parameters()), lambda: reconstruction_loss(unet, z0, embedding, acp, gen, cfg.batch),
+             cfg.finetune_steps, cfg.finetune_lr, progress)
     unet.requires_grad_(False)
     return unet.eval()
 
