@@ -1,0 +1,202 @@
+"""`cdx train`: train a small Collaborative Diffusion model from scratch on synthetic faces.
+
+Stages, each writing one file under --work: `vae` (vae.safetensors), `collaborator --modality M`
+(collab_M.safetensors), `diffusers` (diffusers.safetensors), `assemble` (the bundle); `all` runs them
+in order within one wall-clock budget.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from ..cli import friendly, main
+
+# Per stage: defaults for --steps/--batch/--lr/warm-up, and the share of `train all --max-minutes`.
+STAGES = {
+    "vae": {"steps": 4000, "batch": 8, "lr": 6e-4, "warmup": 100, "share": 1.0},
+    "collaborator": {"steps": 20000, "batch": 32, "lr": 5e-4, "warmup": 100, "share": 3.0},
+    "diffusers": {"steps": 5000, "batch": 32, "lr": 3e-4, "warmup": 50, "share": 1.5},
+}
+
+
+def common_options(f):
+    opts = [
+        click.option("--work", type=click.Path(path_type=Path), default=Path("train_work"), show_default=True,
+                     help="Folder for the stage outputs and checkpoints."),
+        click.option("--preset", default="small", show_default=True, help="Model architecture preset."),
+        click.option("--steps", type=int, default=None, help="Total optimizer steps (default: per stage)."),
+        click.option("--batch", type=int, default=None, help="Batch size (default: per stage)."),
+        click.option("--lr", type=float, default=None, help="AdamW learning rate (default: per stage)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--resume", is_flag=True, help="Continue from the stage's checkpoint when there is one."),
+        click.option("--max-minutes", type=float, default=None, help="Wall-clock budget besides --steps."),
+        click.option("--device", default=None, help="cpu or cuda (default: cuda when available)."),
+        click.option("--amp", type=click.Choice(["none", "bf16"]), default="none", show_default=True,
+                     help="bf16 autocast (fast on CPUs with AMX and on recent GPUs)."),
+        click.option("--threads", type=int, default=None, help="torch CPU threads."),
+        click.option("--warmup", type=int, default=None,
+                     help="Linear learning-rate warm-up steps (default: per stage)."),
+        click.option("--ema-decay", type=float, default=0.999, show_default=True,
+                     help="EMA of the weights (the saved weights); lower for short runs."),
+        click.option("--data-size", type=int, default=30000, show_default=True, help="Synthetic faces to train on."),
+        click.option("--data-seed", type=int, default=1234, show_default=True),
+        click.option("--data-cache", type=click.Path(path_type=Path), default=None,
+                     help="Folder of the .npz data cache (default: WORK/data)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@main.group()
+def train():
+    """Train a small model from scratch on synthetic faces (stages: vae, collaborator, diffusers, assemble)."""
+
+
+def _setup(o: dict, stage: str):
+    """(model config, data set, TrainConfig) from the shared options."""
+    import torch
+
+    from ..errors import InputError
+    from ..train.data import DataConfig, load_faces
+
+    cfg = _preset(o["preset"])
+    for key in ("steps", "batch", "data_size", "threads"):
+        if o[key] is not None and o[key] < 1:
+            raise InputError(f"--{key.replace('_', '-')} must be >= 1, got {o[key]}")
+    if o["lr"] is not None and not o["lr"] > 0:
+        raise InputError(f"--lr must be > 0, got {o['lr']}")
+    if not 0.0 <= o["ema_decay"] < 1.0:
+        raise InputError(f"--ema-decay must be in [0, 1), got {o['ema_decay']}")
+    if o["threads"]:
+        torch.set_num_threads(o["threads"])
+    cache = o["data_cache"] or o["work"] / "data"
+    data = load_faces(DataConfig(size=o["data_size"], seed=o["data_seed"], image_size=cfg.image_size[0],
+                                 cache=str(cache)))
+    return cfg, data, _train_config(o, stage, o["max_minutes"])
+
+
+def _train_config(o: dict, stage: str, max_minutes):
+    from ..train.loop import TrainConfig
+
+    d = STAGES[stage]
+    steps = o["steps"] or d["steps"]
+    return TrainConfig(steps=steps, batch=o["batch"] or d["batch"], lr=o["lr"] or d["lr"],
+                       warmup=d["warmup"] if o["warmup"] is None else o["warmup"], seed=o["seed"],
+                       ema_decay=o["ema_decay"], device=o["device"], amp=o["amp"], max_minutes=max_minutes,
+                       log_every=max(1, min(100, steps // 10)))
+
+
+@train.command("vae")
+@common_options
+@click.option("--kl-weight", type=float, default=1e-6, show_default=True)
+@click.option("--edge-weight", type=float, default=0.5, show_default=True)
+@click.option("--crop", type=int, default=32, show_default=True,
+              help="Train on random crops of this size, 4x cheaper at 64px (0: whole images).")
+@friendly
+def vae_cmd(kl_weight, edge_weight, crop, **o):
+    """Stage 1: the KL autoencoder and its latent scale factor."""
+    from ..train.autoencoder import VaeConfig, train_vae
+
+    cfg, data, tc = _setup(o, "vae")
+    train_vae(cfg, data, tc, VaeConfig(kl_weight, edge_weight, crop), o["work"], o["resume"])
+
+
+@train.command("collaborator")
+@common_options
+@click.option("--modality", required=True, help="Which collaborator: text or mask (a modality of the preset).")
+@click.option("--cond-drop", type=float, default=0.0, show_default=True,
+              help="Condition dropout for classifier-free guidance.")
+@click.option("--snr-weight-power", type=float, default=0.0, show_default=True,
+              help="Weight the loss by max(1, 1/SNR)^p (0: the paper's Eq. 3; 1: truncated SNR).")
+@friendly
+def collaborator_cmd(modality, cond_drop, snr_weight_power, **o):
+    """Stage 2: one collaborator UNet with its condition encoder (Eq. 3)."""
+    from ..errors import InputError
+    from ..train.collaborator import CollabConfig, train_collaborator
+
+    _check_modality(_preset(o["preset"]), modality)
+    if not 0.0 <= cond_drop < 1.0:
+        raise InputError(f"--cond-drop must be in [0, 1), got {cond_drop}")
+    if snr_weight_power < 0:
+        raise InputError(f"--snr-weight-power must be >= 0, got {snr_weight_power}")
+    cfg, data, tc = _setup(o, "collaborator")
+    train_collaborator(cfg, modality, data, tc, CollabConfig(cond_drop, snr_weight_power), o["work"], o["resume"])
+
+
+@train.command("diffusers")
+@common_options
+@friendly
+def diffusers_cmd(**o):
+    """Stage 3: the dynamic diffusers of all modalities, collaborators frozen (Algorithm 1)."""
+    from ..train.diffusers import train_diffusers
+
+    cfg, data, tc = _setup(o, "diffusers")
+    train_diffusers(cfg, data, tc, o["work"], o["resume"])
+
+
+@train.command("assemble")
+@click.option("--work", type=click.Path(path_type=Path), default=Path("train_work"), show_default=True)
+@click.option("--preset", default="small", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@friendly
+def assemble_cmd(work, preset, out):
+    """Stage 4: the trained parts -> one fp16 checkpoint bundle."""
+    click.echo(f"wrote {out} (bundle {_assemble(work, preset, out)[:12]})")
+
+
+@train.command("all")
+@common_options
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@friendly
+def all_cmd(out, **o):
+    """Every stage in order; --max-minutes is the total, shared by the stages in proportion 1:3:3:1.5."""
+    from ..train.autoencoder import VaeConfig, train_vae
+    from ..train.collaborator import CollabConfig, train_collaborator
+    from ..train.diffusers import train_diffusers
+
+    t0 = time.monotonic()
+    cfg, data, _ = _setup(o, "vae")
+    plan = [("vae", None)] + [("collaborator", m.name) for m in cfg.modalities] + [("diffusers", None)]
+    for i, (stage, name) in enumerate(plan):
+        minutes = None
+        if o["max_minutes"] is not None:  # what is left, split over the stages still to run
+            left = o["max_minutes"] - (time.monotonic() - t0) / 60.0
+            minutes = max(0.1, left * STAGES[stage]["share"] / sum(STAGES[s]["share"] for s, _ in plan[i:]))
+        tc = _train_config(o, stage, minutes)
+        click.echo(f"== {stage}{':' + name if name else ''} ({tc.steps} steps max, "
+                   f"{'no time limit' if minutes is None else f'{minutes:.1f} min'})")
+        if stage == "vae":
+            train_vae(cfg, data, tc, VaeConfig(), o["work"], o["resume"])
+        elif stage == "collaborator":
+            train_collaborator(cfg, name, data, tc, CollabConfig(), o["work"], o["resume"])
+        else:
+            train_diffusers(cfg, data, tc, o["work"], o["resume"])
+    h = _assemble(o["work"], o["preset"], out)
+    click.echo(f"wrote {out} (bundle {h[:12]}) after {(time.monotonic() - t0) / 60:.1f} min")
+
+
+def _check_modality(cfg, name):
+    from ..errors import InputError
+
+    names = [m.name for m in cfg.modalities]
+    if name not in names:
+        raise InputError(f"--modality {name!r}: this preset has {', '.join(names)}")
+
+
+def _preset(name: str):
+    from ..errors import InputError
+    from ..models.config import preset
+
+    try:
+        return preset(name)
+    except KeyError as e:
+        raise InputError(str(e.args[0])) from None
+
+
+def _assemble(work, preset_name, out) -> str:
+    from ..train.assemble import assemble
+
+    return assemble(_preset(preset_name), work, out)

@@ -1,0 +1,151 @@
+"""Stage 2: one collaborator, a latent diffusion model of one modality, trained with its condition
+encoder (the official `cond_stage_trainable: True`).
+
+The paper's Eq. 3: L = E_{z0, c, eps ~ N(0, I), t ~ U{0..T-1}} || eps - eps_theta(z_t, t, tau(c)) ||^2,
+with z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps (DDPM's q(z_t | z_0)), abar from LDM's linear betas,
+and z0 = scale_factor * the posterior mean of the frozen autoencoder (computed once for the set).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine.schedule import alphas_cumprod, linear_betas
+from ..models.bundle import file_sha256
+from ..models.collab import encoder_for
+from ..models.config import ModelConfig
+from ..models.tokenizer import Tokenizer
+from ..models.unet import ResBlock, SpatialTransformer, UNet
+from .autoencoder import jsonable, load_latents
+from .data import FaceSet
+from .loop import TrainConfig, check_same, load_stage, pick_device, save_stage, seed_everything, train
+
+
+def rebuild_cmd(name: str) -> str:
+    return f"cdx train collaborator --modality {name}"
+
+
+@dataclass
+class CollabConfig:
+    cond_drop: float = 0.0  # probability of the null condition per sample (for classifier-free guidance)
+    # Loss weight max(1, 1 / SNR_t) ** p per item: 0 is Eq. 3 exactly; 1 is the truncated-SNR weighting
+    # of Salimans & Ho 2022 (the x0 error where SNR < 1). Between, it makes the small high-t eps errors,
+    # which DDIM amplifies by 1 / sqrt(SNR), count early in a short training.
+    snr_weight_power: float = 0.0
+
+
+def schedule(cfg: ModelConfig, device="cpu") -> torch.Tensor:
+    """abar_t, (T,) rounded to float32 as the official model's training buffer."""
+    acp = alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end))
+    return torch.from_numpy(np.asarray(acp, dtype=np.float32)).to(device)
+
+
+def q_sample(z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
+    """z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, per item of the batch."""
+    a = acp[t].view(-1, 1, 1, 1)  # (B,) -> (B, 1, 1, 1)
+    return a.sqrt() * z0 + (1.0 - a).sqrt() * noise
+
+
+def eps_loss(unet: nn.Module, encoder: nn.Module, z0: torch.Tensor, cond: torch.Tensor, t: torch.Tensor,
+             noise: torch.Tensor, acp: torch.Tensor, snr_weight_power: float = 0.0) -> torch.Tensor:
+    """The paper's Eq. 3 on one batch: mean over elements of (eps - eps_theta(z_t, t, tau(c)))^2;
+    with `snr_weight_power` p, item b is weighted by max(1, 1 / SNR_t) ** p, SNR_t = abar_t / (1 - abar_t)."""
+    eps_hat = unet(q_sample(z0, t, noise, acp), t, encoder(cond))
+    if not snr_weight_power:
+        return F.mse_loss(eps_hat.float(), noise)
+    a = acp[t]  # (B,)
+    w = ((1.0 - a) / a).clamp(min=1.0) ** snr_weight_power
+    return (w * (eps_hat.float() - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+
+
+def draw_t_noise(gen: torch.Generator, batch: int, shape, timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """t ~ U{0..T-1} (B,) and eps ~ N(0, I) (B, *shape), from the stage's generator."""
+    t = torch.randint(timesteps, (batch,), generator=gen)
+    return t, torch.randn((batch, *shape), generator=gen)
+
+
+@torch.no_grad()
+def zero_init(unet: UNet) -> UNet:
+    """The official init's zero_module: output conv, every ResBlock's last conv, every proj_out."""
+    convs = [unet.out[-1]]
+    for m in unet.modules():
+        if isinstance(m, ResBlock):
+            convs.append(m.out_layers[-1])
+        elif isinstance(m, SpatialTransformer):
+            convs.append(m.proj_out)
+    for c in convs:
+        c.weight.zero_()
+        c.bias.zero_()
+    return unet
+
+
+def null_condition(kind: str, like: torch.Tensor) -> torch.Tensor:
+    """The condition classifier-free guidance drops to: the empty caption, or an all-zero one-hot."""
+    if kind == "text":
+        ids, _ = Tokenizer().encode([""])
+        return torch.from_numpy(ids).expand_as(like).clone()
+    return torch.zeros_like(like)
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def train_collaborator(cfg: ModelConfig, name: str, data: FaceSet, tc: TrainConfig, cc: CollabConfig,
+                       work: str | os.PathLike, resume: bool = False) -> dict:
+    """Train modality `name`'s UNet and encoder on Eq. 3; write `work/collab_<name>.safetensors`."""
+    work = Path(work)
+    m = cfg.modality(name)
+    device = pick_device(tc.device)
+    latents, lmeta = load_latents(cfg, data, work, device)
+    gen = seed_everything(tc.seed)
+    net = nn.ModuleDict({"unet": zero_init(UNet(m.unet)), "encoder": encoder_for(m)}).to(device)
+    acp = schedule(cfg, device)
+    shape = latents.shape[1:]
+    null = None
+
+    def loss_fn(g: torch.Generator) -> torch.Tensor:
+        nonlocal null
+        idx = data.random_indices(g, tc.batch)
+        cond = data.condition_batch(m.kind, idx)
+        if cc.cond_drop > 0:
+            null = null_condition(m.kind, cond) if null is None or null.shape != cond.shape else null
+            drop = torch.rand(tc.batch, generator=g) < cc.cond_drop
+            cond = torch.where(drop.view(-1, *[1] * (cond.dim() - 1)), null, cond)
+        t, noise = draw_t_noise(g, tc.batch, shape, cfg.timesteps)
+        return eps_loss(net["unet"], net["encoder"], latents[idx].to(device), cond.to(device), t.to(device),
+                        noise.to(device), acp, cc.snr_weight_power)
+
+    meta = {"stage": "collaborator", "modality": jsonable(asdict(m)), "vae_sha256": lmeta["vae_sha256"],
+            "data": data.fingerprint}
+    ema, res = train(f"collaborator:{name}", net, loss_fn, tc, gen, work / f"collab_{name}.ckpt.safetensors",
+                     resume, meta)
+    manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "samples_per_s": res.steps_per_s * tc.batch,
+                "train": jsonable(asdict(tc)), "collab": jsonable(asdict(cc))}
+    out = work / f"collab_{name}.safetensors"
+    save_stage(out, ema.state_dict(), manifest)
+    print(f"collaborator {name}: {res.step} steps, loss {res.mean_loss():.4f} -> {out}", flush=True)
+    return manifest
+
+
+def load_collaborator(cfg: ModelConfig, name: str, work: str | os.PathLike,
+                      device="cpu") -> tuple[nn.ModuleDict, dict]:
+    """ModuleDict(unet, encoder) of a trained collaborator (eval, frozen) and its manifest."""
+    work = Path(work)
+    path = work / f"collab_{name}.safetensors"
+    m = cfg.modality(name)
+    state, meta = load_stage(path, "collaborator", rebuild_cmd(name))
+    check_same(path, "modality config", meta.get("modality"), jsonable(asdict(m)), rebuild_cmd(name))
+    check_same(path, "autoencoder (vae.safetensors changed since)", meta.get("vae_sha256"),
+               file_sha256(work / "vae.safetensors"), rebuild_cmd(name))
+    net = nn.ModuleDict({"unet": UNet(m.unet), "encoder": encoder_for(m)})
+    net.load_state_dict(state, strict=True)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.to(device).eval(), meta

@@ -1,0 +1,114 @@
+"""The training set: synthetic faces generated once, kept in memory and cached as a .npz.
+
+Conditions are stored already preprocessed exactly as inference does it (`cdx.engine.pipeline`):
+BERT token ids of the caption (`Tokenizer().encode`) and the 32x32 NEAREST-resized class ids of the
+label map (`label_map_to_ids`); a batch's mask condition is `one_hot(ids)`, the same function.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import StaleArtifactError
+from ..models.masks import label_map_to_ids, one_hot
+from ..models.tokenizer import Tokenizer
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    size: int = 30000  # number of samples
+    seed: int = 1234
+    image_size: int = 64
+    cache: str | None = None  # folder for the .npz cache (None: no cache)
+
+
+def synth_fingerprint() -> str:
+    """sha256 of the generator's source: a cache made by another version of it is rebuilt."""
+    from . import synth
+
+    return hashlib.sha256(Path(synth.__file__).read_bytes()).hexdigest()[:16]
+
+
+def build_arrays(n: int, seed: int, image_size: int) -> dict[str, np.ndarray]:
+    """Generate `n` faces (item i is `SyntheticFaces(n, seed)[i]`): images uint8 (n, H, W, 3),
+    tokens int32 (n, 77), mask_ids uint8 (n, 1024)."""
+    from .synth import generate_batch
+
+    print(f"generating {n} synthetic faces ({image_size}px, seed {seed})", flush=True)
+    images, labels, captions, _, _ = generate_batch(seed, n, size=image_size)
+    ids, _ = Tokenizer().encode(list(captions))  # (n, 77) int64, truncated as inference does
+    mask_ids = np.stack([label_map_to_ids(lab) for lab in labels]).astype(np.uint8)  # (n, 1024)
+    return {"images": images, "tokens": ids.astype(np.int32), "mask_ids": mask_ids}
+
+
+class FaceSet(torch.utils.data.Dataset):
+    """In-memory faces; item i -> image float (3, H, W) in [-1, 1], tokens int64 (77,), mask int64 (19, 1024)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], fingerprint: str = ""):
+        self.images = torch.from_numpy(arrays["images"])  # (n, H, W, 3) uint8
+        self.tokens = torch.from_numpy(arrays["tokens"])  # (n, 77) int32
+        self.mask_ids = arrays["mask_ids"]  # (n, 1024) uint8, numpy for one_hot
+        self.fingerprint = fingerprint
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        idx = torch.tensor([int(i)])
+        return {"image": self.image_batch(idx)[0], "tokens": self.token_batch(idx)[0],
+                "mask": self.mask_batch(idx)[0]}
+
+    def image_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B,) indices -> (B, 3, H, W) float32 in [-1, 1]."""
+        return self.images[idx].permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+    def token_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.tokens[idx].long()  # (B, 77)
+
+    def mask_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(one_hot(self.mask_ids[idx.numpy()]))  # (B, 19, 1024) int64
+
+    def condition_batch(self, kind: str, idx: torch.Tensor) -> torch.Tensor:
+        """The encoder input of a modality kind ("text" or "mask") for the samples `idx`."""
+        return {"text": self.token_batch, "mask": self.mask_batch}[kind](idx)
+
+    def random_indices(self, gen: torch.Generator, batch: int) -> torch.Tensor:
+        return torch.randint(len(self), (batch,), generator=gen)
+
+
+def load_faces(cfg: DataConfig) -> FaceSet:
+    """Generate the set, or read it from `cfg.cache` when a current cache is there."""
+    fp = synth_fingerprint()
+    path = None
+    if cfg.cache is not None:
+        path = Path(cfg.cache) / f"faces-n{cfg.size}-s{cfg.seed}-{cfg.image_size}px.npz"
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    if int(z["version"]) == CACHE_VERSION and str(z["synth"]) == fp:
+                        arrays = {k: z[k] for k in ("images", "tokens", "mask_ids")}
+                        return FaceSet(arrays, fingerprint=f"{fp}:{cfg.size}:{cfg.seed}:{cfg.image_size}")
+                print(f"{path}: made by another version of the generator; rebuilding")
+            except (OSError, ValueError, KeyError) as e:
+                raise StaleArtifactError(f"{path}: unreadable data cache ({e}); delete it") from None
+    arrays = build_arrays(cfg.size, cfg.seed, cfg.image_size)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+        os.close(fd)
+        try:
+            np.savez(tmp, version=CACHE_VERSION, synth=fp, **arrays)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return FaceSet(arrays, fingerprint=f"{fp}:{cfg.size}:{cfg.seed}:{cfg.image_size}")

@@ -1,0 +1,96 @@
+"""Stage 3: the dynamic diffusers (the paper's Algorithm 1), trained jointly for all modalities with
+the collaborators and their encoders frozen:
+
+    z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps,  t ~ U{0..T-1}
+    I_m = D_m(z_t, t, c_m)                    influence logits, (M, B, 1, h, w)
+    w_m = softmax_m(I_m)                      per pixel
+    eps_hat = sum_m w_m * eps_theta_m(z_t, t, c_m)
+    L = || eps - eps_hat ||^2
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..kernels import combine_weights
+from ..models.bundle import file_sha256
+from ..models.config import ModelConfig
+from ..models.unet import UNet
+from .autoencoder import jsonable, load_latents
+from .collaborator import draw_t_noise, load_collaborator, q_sample, schedule, zero_init
+from .data import FaceSet
+from .loop import TrainConfig, check_same, load_stage, pick_device, save_stage, seed_everything, train
+
+REBUILD = "cdx train diffusers"
+
+
+def collaborative_eps(collabs: Sequence[nn.Module], diffusers: Sequence[nn.Module], z_t: torch.Tensor,
+                      t: torch.Tensor, conds: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """eps_hat (B, C, h, w) and weights (M, B, 1, h, w); gradients reach the diffusers only."""
+    with torch.no_grad():
+        contexts = [c["encoder"](x) for c, x in zip(collabs, conds)]
+        eps = torch.stack([c["unet"](z_t, t, ctx).float() for c, ctx in zip(collabs, contexts)])  # (M, B, C, h, w)
+    logits = torch.stack([d(z_t, t, ctx) for d, ctx in zip(diffusers, contexts)])  # (M, B, 1, h, w)
+    w = combine_weights(logits)  # softmax over m, fp32
+    return (w * eps).sum(dim=0), w
+
+
+def diffusers_loss(collabs, diffusers, z0, conds, t, noise, acp) -> torch.Tensor:
+    """Algorithm 1's loss on one batch: mean over elements of (eps - eps_hat)^2."""
+    eps_hat, _ = collaborative_eps(collabs, diffusers, q_sample(z0, t, noise, acp), t, conds)
+    return F.mse_loss(eps_hat, noise)
+
+
+def train_diffusers(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, work: str | os.PathLike,
+                    resume: bool = False) -> dict:
+    """Train every modality's dynamic diffuser; write `work/diffusers.safetensors` (keys `<name>.*`)."""
+    work = Path(work)
+    device = pick_device(tc.device)
+    latents, lmeta = load_latents(cfg, data, work, device)
+    names = [m.name for m in cfg.modalities]
+    loaded = [load_collaborator(cfg, n, work, device) for n in names]
+    collabs = [c for c, _ in loaded]
+    gen = seed_everything(tc.seed)
+    net = nn.ModuleDict({m.name: zero_init(UNet(m.diffuser)) for m in cfg.modalities}).to(device)
+    diffs = [net[n] for n in names]
+    acp = schedule(cfg, device)
+    shape = latents.shape[1:]
+
+    def loss_fn(g: torch.Generator) -> torch.Tensor:
+        idx = data.random_indices(g, tc.batch)
+        conds = [data.condition_batch(m.kind, idx).to(device) for m in cfg.modalities]
+        t, noise = draw_t_noise(g, tc.batch, shape, cfg.timesteps)
+        return diffusers_loss(collabs, diffs, latents[idx].to(device), conds, t.to(device), noise.to(device), acp)
+
+    meta = {"stage": "diffusers", "diffusers": jsonable({m.name: asdict(m.diffuser) for m in cfg.modalities}),
+            "collaborators_sha256": {n: file_sha256(work / f"collab_{n}.safetensors") for n in names},
+            "vae_sha256": lmeta["vae_sha256"], "data": data.fingerprint}
+    ema, res = train("diffusers", net, loss_fn, tc, gen, work / "diffusers.ckpt.safetensors", resume, meta)
+    manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "samples_per_s": res.steps_per_s * tc.batch,
+                "train": jsonable(asdict(tc))}
+    out = work / "diffusers.safetensors"
+    save_stage(out, ema.state_dict(), manifest)
+    print(f"diffusers: {res.step} steps, loss {res.mean_loss():.4f} -> {out}", flush=True)
+    return manifest
+
+
+def load_diffusers(cfg: ModelConfig, work: str | os.PathLike) -> tuple[dict[str, dict], dict]:
+    """Per modality the diffuser's state dict, and the manifest, checked against the collaborators."""
+    work = Path(work)
+    path = work / "diffusers.safetensors"
+    state, meta = load_stage(path, "diffusers", REBUILD)
+    check_same(path, "diffuser config", meta.get("diffusers"),
+               jsonable({m.name: asdict(m.diffuser) for m in cfg.modalities}), REBUILD)
+    for m in cfg.modalities:
+        check_same(path, f"{m.name} collaborator (collab_{m.name}.safetensors changed since)",
+                   meta["collaborators_sha256"].get(m.name), file_sha256(work / f"collab_{m.name}.safetensors"),
+                   REBUILD)
+    per = {m.name: {k[len(m.name) + 1:]: v for k, v in state.items() if k.startswith(m.name + ".")}
+           for m in cfg.modalities}
+    return per, meta

@@ -1,0 +1,333 @@
+"""The training loop every stage shares: seeding, AdamW with warm-up, an EMA of the weights,
+progress bars, periodic atomic checkpoints, --resume, a step and a wall-clock budget.
+
+A stage hands `train` the module it trains and a loss function of a seeded generator; the loop owns
+everything else. All training randomness (batch indices, timesteps, noise) is drawn from that one
+CPU `torch.Generator`, so a checkpoint that stores its state resumes bit for bit.
+
+A checkpoint is one safetensors file, written to a temporary file and renamed into place: the
+tensors `model.*`, `ema.*`, `opt.<param index>.<name>`, `rng.generator`, `rng.torch`, and a JSON
+document under the metadata key `cdx_train` (step, optimizer hyper-parameters, stage metadata).
+Nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import safe_open, save_file
+from torch import nn
+from tqdm import tqdm
+
+from ..errors import CdxError, InputError, StaleArtifactError
+
+CKPT_FORMAT = "cdx-train-checkpoint"
+CKPT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch: int = 32
+    lr: float = 2e-4
+    warmup: int = 200  # linear warm-up steps, then a constant learning rate (the EMA does the averaging)
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    ema_decay: float = 0.999
+    seed: int = 0
+    max_minutes: float | None = None  # wall-clock budget of this invocation, besides `steps`
+    ckpt_every: int = 1000  # steps between checkpoints (0: only at the end)
+    ckpt_minutes: float = 5.0  # and at least this often in wall-clock time
+    log_every: int = 100
+    device: str | None = None  # None: cuda when available, else cpu
+    amp: str = "none"  # "none" or "bf16" (autocast; weights and optimizer stay fp32)
+
+
+@dataclass
+class LoopResult:
+    step: int  # steps done in total (including resumed ones)
+    start_step: int  # the step this invocation started from
+    losses: list[float] = field(default_factory=list)  # per step of this invocation
+    seconds: float = 0.0
+    stopped_by: str = "steps"  # "steps" or "time"
+
+    @property
+    def steps_per_s(self) -> float:
+        return 0.0 if self.seconds <= 0 else (self.step - self.start_step) / self.seconds
+
+    def mean_loss(self, last: int = 100) -> float:
+        tail = self.losses[-last:]
+        return float(np.mean(tail)) if tail else float("nan")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return the CPU generator the stage draws all its randomness from."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(name: str | None) -> torch.device:
+    """None: CUDA when available, else CPU; an explicit CUDA device that is absent is an error."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r}: not a torch device (use cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CdxError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return dev
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.lr, betas=tuple(cfg.betas),
+                             weight_decay=cfg.weight_decay)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over `cfg.warmup` steps, then constant."""
+    if cfg.warmup <= 0:
+        return cfg.lr
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+
+
+def make_ema(model: nn.Module) -> nn.Module:
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * model, with d warmed up as min(decay, (1 + n) / (10 + n))."""
+    d = min(decay, (1 + step) / (10 + step))
+    e_params = list(ema.parameters())
+    m_params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(e_params, m_params, 1.0 - d)
+    for eb, mb in zip(ema.buffers(), model.buffers()):
+        eb.copy_(mb)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _flat_state(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+                    step: int, gen: torch.Generator, meta: dict | None = None) -> None:
+    """Write the whole training state to one safetensors file, atomically (temp file + os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {**_flat_state("model", model), **_flat_state("ema", ema)}
+    sd = opt.state_dict()
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            v = v if torch.is_tensor(v) else torch.tensor(v)
+            tensors[f"opt.{idx}.{name}"] = v.detach().cpu().contiguous().clone()
+    tensors["rng.generator"] = gen.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    doc = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "step": int(step),
+           "param_groups": sd["param_groups"], "meta": meta or {}}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"cdx_train": json.dumps(doc)})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, document) of a checkpoint; a file that is not one is refused."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("cdx_train")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise StaleArtifactError(f"{path}: unreadable checkpoint ({e}); delete it or train without --resume") from None
+    doc = json.loads(raw) if raw else {}
+    if doc.get("format") != CKPT_FORMAT or doc.get("version") != CKPT_VERSION:
+        raise StaleArtifactError(f"{path}: not a version-{CKPT_VERSION} cdx training checkpoint")
+    return tensors, doc
+
+
+def _sub(tensors: dict, prefix: str) -> dict:
+    n = len(prefix) + 1
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+                    gen: torch.Generator, expect_meta: dict | None = None) -> int:
+    """Restore model, EMA, optimizer and RNG states in place; returns the saved step."""
+    tensors, doc = read_checkpoint(path)
+    for key, want in (expect_meta or {}).items():
+        got = doc["meta"].get(key)
+        if got != want:
+            raise StaleArtifactError(f"{path}: checkpoint was made with a different {key} ({got!r}, now "
+                                     f"{want!r}); delete it or train without --resume")
+    try:
+        model.load_state_dict(_sub(tensors, "model"), strict=True)
+        ema.load_state_dict(_sub(tensors, "ema"), strict=True)
+    except RuntimeError as e:
+        raise StaleArtifactError(f"{path}: checkpoint does not match the model ({str(e).splitlines()[0]})") from None
+    state: dict[int, dict] = {}
+    for k, v in _sub(tensors, "opt").items():
+        idx, name = k.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
+    gen.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(doc["step"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+LossFn = Callable[[torch.Generator], torch.Tensor]
+
+
+def _log(msg: str) -> None:
+    tqdm.write(msg, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, gen: torch.Generator,
+          ckpt: str | os.PathLike | None = None, resume: bool = False, meta: dict | None = None,
+          ema: nn.Module | None = None) -> tuple[nn.Module, LoopResult]:
+    """Minimise `loss_fn(gen)` over the trainable parameters of `model` (already on its device).
+
+    Stops after `cfg.steps` steps in total or `cfg.max_minutes` of this invocation, whichever comes
+    first; checkpoints to `ckpt` every `cfg.ckpt_every` steps / `cfg.ckpt_minutes` and at the end.
+    Returns the EMA copy of `model` (the weights a stage saves) and the loop's record."""
+    device = next(model.parameters()).device
+    ema = make_ema(model) if ema is None else ema
+    opt = make_optimizer(model.parameters(), cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    meta = dict(meta or {})
+    start = 0
+    if resume and ckpt is not None and Path(ckpt).is_file():
+        start = load_checkpoint(ckpt, model, ema, opt, gen, expect_meta={"stage": meta.get("stage")})
+        _log(f"{name}: resumed from {ckpt} at step {start}")
+    elif resume:
+        _log(f"{name}: no checkpoint at {ckpt}; starting from step 0")
+    result = LoopResult(step=start, start_step=start)
+    budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+    amp = cfg.amp != "none"
+    if cfg.amp not in ("none", "bf16"):
+        raise InputError(f"amp must be 'none' or 'bf16', got {cfg.amp!r}")
+    t0 = last_ckpt = time.monotonic()
+    run_loss, run_n = 0.0, 0
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=cfg.steps, initial=start, desc=name, unit="step", dynamic_ncols=True,
+               mininterval=0.5 if tty else 30.0, file=sys.stderr)
+    model.train()
+    step = start
+    try:
+        while step < cfg.steps:
+            if budget is not None and time.monotonic() - t0 >= budget:
+                result.stopped_by = "time"
+                break
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = loss_fn(gen)
+            loss = loss.float()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            ema_update(ema, model, cfg.ema_decay, step)
+            step += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise CdxError(f"{name}: loss became {value} at step {step}; lower --lr or check the data")
+            result.losses.append(value)
+            run_loss, run_n = run_loss + value, run_n + 1
+            bar.update(1)
+            if cfg.log_every and step % cfg.log_every == 0:
+                el = time.monotonic() - t0
+                rate = (step - start) * cfg.batch / max(el, 1e-9)
+                bar.set_postfix(loss=f"{run_loss / run_n:.4f}")
+                _log(f"{name} step {step}/{cfg.steps} loss {run_loss / run_n:.5f} lr {lr:.2e} "
+                     f"{rate:.1f} samples/s elapsed {el / 60:.1f} min")
+                run_loss, run_n = 0.0, 0
+            due = (cfg.ckpt_every and step % cfg.ckpt_every == 0) or \
+                (time.monotonic() - last_ckpt >= 60.0 * cfg.ckpt_minutes)
+            if ckpt is not None and due and step < cfg.steps:
+                save_checkpoint(ckpt, model, ema, opt, step, gen, {**meta, "train": asdict(cfg)})
+                last_ckpt = time.monotonic()
+    finally:
+        bar.close()
+    result.step, result.seconds = step, time.monotonic() - t0
+    if ckpt is not None and step > start:
+        save_checkpoint(ckpt, model, ema, opt, step, gen, {**meta, "train": asdict(cfg)})
+    model.eval()
+    return ema, result
+
+
+# ---------------------------------------------------------------------------------------------
+# stage outputs: the trained (EMA) weights of a stage with a JSON manifest, one safetensors file
+
+
+def save_stage(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write a stage's weights and its manifest (under the metadata key `cdx_stage`) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().float().cpu().contiguous().clone() if v.is_floating_point() else v.detach().cpu()
+               for k, v in state.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"cdx_stage": json.dumps(meta)})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_stage(path: str | os.PathLike, stage: str, rebuild: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights, manifest) of a stage output; a missing or foreign file is refused, saying how to make it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CdxError(f"{path}: missing; run `{rebuild}` first")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("cdx_stage")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise StaleArtifactError(f"{path}: unreadable ({e}); rerun `{rebuild}`") from None
+    meta = json.loads(raw) if raw else {}
+    if meta.get("stage") != stage:
+        raise StaleArtifactError(f"{path}: not a {stage} stage output; rerun `{rebuild}`")
+    return tensors, meta
+
+
+def check_same(path, what: str, got, want, rebuild: str) -> None:
+    """Refuse a stage output made for another configuration or from other inputs."""
+    if got != want:
+        raise StaleArtifactError(f"{path}: made with a different {what}; rerun `{rebuild}`")

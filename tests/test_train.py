@@ -1,0 +1,349 @@
+"""Training from scratch (`cdx.train`, `cdx train`): data preprocessing equals inference's, every stage's
+loss falls on a fixed mini-batch, checkpoints resume bit for bit, and the assembled bundle runs."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from torch import nn
+
+from cdx.cli import main
+from cdx.errors import StaleArtifactError
+from cdx.models.autoencoder import Autoencoder, AutoencoderConfig
+from cdx.models.bundle import load_bundle, read_manifest
+from cdx.models.collab import encoder_for
+from cdx.models.config import ModalityConfig, ModelConfig
+from cdx.models.masks import save_label_map
+from cdx.models.random_init import randomize
+from cdx.models.text_encoder import TextEncoderConfig
+from cdx.models.unet import UNet, UNetConfig
+from cdx.train import loop
+from cdx.train.assemble import assemble
+from cdx.train.autoencoder import VaeConfig, load_latents, train_vae, vae_loss
+from cdx.train.collaborator import CollabConfig, eps_loss, schedule, train_collaborator, zero_init
+from cdx.train.data import DataConfig, FaceSet, build_arrays, load_faces
+from cdx.train.diffusers import collaborative_eps, diffusers_loss, train_diffusers
+from cdx.train.loop import TrainConfig
+
+CAPTION = "This man has beard of medium length. He is in his thirties."
+
+
+def micro_config() -> ModelConfig:
+    """A 32x32 model of the same family (latent 3x8x8), small enough to train a few steps in a second."""
+    ctx = 32
+    unet = UNetConfig(in_channels=3, out_channels=3, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                      attention_resolutions=(2,), num_heads=2, context_dim=ctx)
+    diffuser = dataclasses.replace(unet, out_channels=1)
+    text = TextEncoderConfig(n_embed=ctx, n_layer=1, vocab_size=30522, max_seq_len=77, heads=2, dim_head=16)
+    return ModelConfig(
+        preset="micro-test",
+        modalities=(ModalityConfig("mask", "mask", unet, diffuser, context_dim=ctx),
+                    ModalityConfig("text", "text", unet, diffuser, text=text, context_dim=ctx)),
+        autoencoder=AutoencoderConfig(embed_dim=3, z_channels=3, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                      resolution=32),
+        latent_channels=3, latent_size=(8, 8), scale_factor=1.0, shaping=False,
+    )
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two cores shared with other work: one thread avoids OpenMP spin-waiting on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def faces() -> FaceSet:
+    return FaceSet(build_arrays(8, seed=3, image_size=32), fingerprint="test")
+
+
+def quick(**kw) -> TrainConfig:
+    base = dict(steps=3, batch=2, lr=1e-3, warmup=0, seed=0, device="cpu", log_every=0, ckpt_every=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def fixed(fn, seed=0):
+    """A loss function that ignores the loop's generator: the same batch, t and noise at every step."""
+    return lambda _gen: fn(torch.Generator().manual_seed(seed))
+
+
+def assert_learns(losses: list[float], factor: float = 0.7) -> None:
+    assert all(math.isfinite(v) for v in losses), losses
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    assert last < factor * first, (first, last, losses)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def test_train_data_uses_the_inference_preprocessing(tmp_path):
+    from cdx.engine.pipeline import mask_onehot, tokenize
+    from cdx.train.synth import generate_batch
+
+    cfg = DataConfig(size=5, seed=11, image_size=32, cache=str(tmp_path))
+    data = load_faces(cfg)
+    cached = load_faces(cfg)  # read back from the .npz
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    for a, b in ((data.images, cached.images), (data.tokens, cached.tokens)):
+        assert torch.equal(a, b)
+    images, labels, captions, _, _ = generate_batch(11, 5, size=32)
+    for i in (0, 4):
+        item = data[i]
+        assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+        assert item["image"].min() >= -1 and item["image"].max() <= 1
+        assert np.array_equal(((item["image"].permute(1, 2, 0) + 1) * 127.5).round().numpy().astype(np.uint8),
+                              images[i])
+        assert torch.equal(item["tokens"], tokenize(captions[i], 1)[0])
+        png = tmp_path / f"m{i}.png"
+        save_label_map(png, labels[i])
+        assert item["mask"].shape == (19, 1024)
+        assert torch.equal(item["mask"], mask_onehot(str(png), 1)[0])
+
+
+# ---------------------------------------------------------------------------------------------- stages learn
+
+
+def test_train_vae_loss_falls_on_a_fixed_batch(faces):
+    cfg = micro_config()
+    torch.manual_seed(0)
+    vae = Autoencoder(cfg.autoencoder)
+    x = faces.image_batch(torch.arange(4))
+
+    def loss(g):
+        return vae_loss(vae, x, torch.randn((4, 3, 8, 8), generator=g), 1e-6, 0.5)[0]
+
+    _, res = loop.train("vae", vae, fixed(loss), quick(steps=30, lr=2e-3), torch.Generator())
+    assert_learns(res.losses)
+
+
+@pytest.mark.parametrize("name", ["text", "mask"])
+def test_train_collaborator_loss_falls_on_a_fixed_batch(faces, name):
+    cfg = micro_config()
+    m = cfg.modality(name)
+    torch.manual_seed(0)
+    net = nn.ModuleDict({"unet": zero_init(UNet(m.unet)), "encoder": encoder_for(m)})
+    acp = schedule(cfg)
+    idx = torch.arange(4)
+    z0 = torch.randn((4, 3, 8, 8), generator=torch.Generator().manual_seed(1))
+    cond = faces.condition_batch(m.kind, idx)
+
+    def loss(g):
+        t = torch.randint(1000, (4,), generator=g)
+        return eps_loss(net["unet"], net["encoder"], z0, cond, t, torch.randn(z0.shape, generator=g), acp)
+
+    _, res = loop.train(name, net, fixed(loss), quick(steps=25, lr=2e-3), torch.Generator())
+    assert abs(res.losses[0] - 1.0) < 0.3  # zero-initialised output: the loss starts at E[eps^2]
+    assert_learns(res.losses, 0.8)
+
+
+def test_train_snr_weighting_is_off_by_default_and_weights_only_low_snr():
+    cfg = micro_config()
+    acp = schedule(cfg)
+    g = torch.Generator().manual_seed(3)
+    z0, noise = torch.randn((4, 3, 8, 8), generator=g), torch.randn((4, 3, 8, 8), generator=g)
+    t = torch.tensor([0, 100, 600, 999])
+    unet = lambda x, t, c: 0.9 * x  # noqa: E731  (a fixed "model": the weighting alone is under test)
+    plain = eps_loss(unet, nn.Identity(), z0, None, t, noise, acp)
+    assert plain == eps_loss(unet, nn.Identity(), z0, None, t, noise, acp, 0.0)
+    per_item = (0.9 * (acp[t].sqrt().view(-1, 1, 1, 1) * z0 + (1 - acp[t]).sqrt().view(-1, 1, 1, 1) * noise)
+                - noise).pow(2).mean(dim=(1, 2, 3))
+    w = ((1 - acp[t]) / acp[t]).clamp(min=1.0)  # 1 where SNR >= 1, 1/SNR beyond
+    assert w[0] == 1 and w[1] == 1 and w[3] > 1000
+    torch.testing.assert_close(eps_loss(unet, nn.Identity(), z0, None, t, noise, acp, 1.0), (w * per_item).mean())
+
+
+def test_train_diffusers_loss_falls_and_collaborators_stay_frozen(faces):
+    cfg = micro_config()
+    collabs = []
+    for i, m in enumerate(cfg.modalities):
+        net = randomize(nn.ModuleDict({"unet": UNet(m.unet), "encoder": encoder_for(m)}), seed=i).eval()
+        collabs.append(net.requires_grad_(False))
+    before = [{k: v.clone() for k, v in c.state_dict().items()} for c in collabs]
+    diffs = nn.ModuleDict({m.name: zero_init(UNet(m.diffuser)) for m in cfg.modalities})
+    acp = schedule(cfg)
+    idx = torch.arange(4)
+    conds = [faces.condition_batch(m.kind, idx) for m in cfg.modalities]
+    z0 = torch.randn((4, 3, 8, 8), generator=torch.Generator().manual_seed(2))
+
+    # zero-initialised diffusers: equal weights, eps_hat is the mean of the collaborators' predictions
+    t = torch.full((4,), 500)
+    eps_hat, w = collaborative_eps(collabs, list(diffs.values()), z0, t, conds)
+    assert w.shape == (2, 4, 1, 8, 8) and torch.allclose(w, torch.full_like(w, 0.5))
+    with torch.no_grad():
+        eps = [c["unet"](z0, t, c["encoder"](x)) for c, x in zip(collabs, conds)]
+    torch.testing.assert_close(eps_hat, (eps[0] + eps[1]) / 2)
+
+    def loss(g):
+        t = torch.randint(1000, (4,), generator=g)
+        return diffusers_loss(collabs, list(diffs.values()), z0, conds, t, torch.randn(z0.shape, generator=g), acp)
+
+    _, res = loop.train("diffusers", diffs, fixed(loss), quick(steps=30, lr=3e-3), torch.Generator())
+    assert all(math.isfinite(v) for v in res.losses)
+    assert min(res.losses[-5:]) < res.losses[0]  # bounded below by the best per-pixel choice of collaborator
+    for c, b in zip(collabs, before):
+        assert all(p.grad is None for p in c.parameters())
+        assert all(torch.equal(v, b[k]) for k, v in c.state_dict().items())
+
+
+def test_train_noise_schedule_is_the_samplers():
+    """Training noises with the abar_t the DDIM table uses: sqrt(abar_t) is the table's B column."""
+    from cdx.engine.schedule import ddim_table
+
+    cfg = micro_config()
+    acp = schedule(cfg)
+    assert acp.dtype == torch.float32 and acp.shape == (cfg.timesteps,)
+    table = ddim_table(np.asarray(alphas_cumprod_of(cfg)), 50)
+    np.testing.assert_array_equal(np.sqrt(acp.numpy()[table.timesteps]), table.coeffs[:, 1])
+
+
+def alphas_cumprod_of(cfg):
+    from cdx.engine.schedule import alphas_cumprod, linear_betas
+
+    return alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end))
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def _mask_collaborator_run(faces, tc: TrainConfig, ckpt, resume=False, meta=None):
+    cfg = micro_config()
+    m = cfg.modality("mask")
+    gen = loop.seed_everything(tc.seed)
+    net = nn.ModuleDict({"unet": UNet(m.unet), "encoder": encoder_for(m)})
+    acp = schedule(cfg)
+    z_all = torch.randn((len(faces), 3, 8, 8), generator=torch.Generator().manual_seed(5))
+
+    def loss(g):
+        idx = faces.random_indices(g, tc.batch)
+        t = torch.randint(1000, (tc.batch,), generator=g)
+        return eps_loss(net["unet"], net["encoder"], z_all[idx], faces.mask_batch(idx), t,
+                        torch.randn((tc.batch, 3, 8, 8), generator=g), acp)
+
+    ema, res = loop.train("resume-test", net, loss, tc, gen, ckpt, resume, meta or {"stage": "test"})
+    return net, ema, res
+
+
+def _state(path):
+    tensors, doc = loop.read_checkpoint(path)
+    return tensors, doc
+
+
+def test_train_checkpoint_resume_continues_with_identical_state(faces, tmp_path):
+    straight, split = tmp_path / "straight.safetensors", tmp_path / "split.safetensors"
+    net_a, ema_a, res_a = _mask_collaborator_run(faces, quick(steps=6, batch=3), straight)
+    _, _, res_b1 = _mask_collaborator_run(faces, quick(steps=3, batch=3), split)
+    assert res_b1.step == 3 and loop.read_checkpoint(split)[1]["step"] == 3
+    net_b, ema_b, res_b = _mask_collaborator_run(faces, quick(steps=6, batch=3), split, resume=True)
+    assert res_b.start_step == 3 and res_b.step == 6
+    assert res_a.losses[3:] == res_b.losses  # the same batches, timesteps and noise after the resume
+    for a, b in ((net_a, net_b), (ema_a, ema_b)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    ta, da = _state(straight)
+    tb, db = _state(split)
+    assert da["step"] == db["step"] == 6 and set(ta) == set(tb)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)  # model, EMA, AdamW moments, RNG states
+    # the EMA (what a stage saves) is not the raw weights
+    assert any(not torch.equal(v, ema_a.state_dict()[k]) for k, v in net_a.state_dict().items())
+
+
+def test_train_checkpoint_of_another_stage_is_refused(faces, tmp_path):
+    ckpt = tmp_path / "c.safetensors"
+    _mask_collaborator_run(faces, quick(steps=2, batch=2), ckpt)
+    with pytest.raises(StaleArtifactError, match="different stage"):
+        _mask_collaborator_run(faces, quick(steps=4, batch=2), ckpt, resume=True, meta={"stage": "other"})
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(StaleArtifactError, match="unreadable checkpoint"):
+        _mask_collaborator_run(faces, quick(steps=4, batch=2), ckpt, resume=True)
+
+
+def test_train_time_budget_stops_the_loop(faces, tmp_path):
+    _, _, res = _mask_collaborator_run(faces, quick(steps=1000, batch=2, max_minutes=1e-6), tmp_path / "c.st")
+    assert res.stopped_by == "time" and res.step < 1000
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+
+def test_train_stages_assemble_and_run(faces, tmp_path):
+    cfg, work = micro_config(), tmp_path / "work"
+    tc = quick(steps=3, batch=4)
+    vmeta = train_vae(cfg, faces, tc, VaeConfig(scale_images=8), work)
+    assert vmeta["scale_factor"] > 0 and math.isfinite(vmeta["scale_factor"])
+    z, _ = load_latents(cfg, faces, work)
+    assert z.shape == (8, 3, 8, 8)
+    for name in ("mask", "text"):
+        train_collaborator(cfg, name, faces, tc, CollabConfig(cond_drop=0.5), work)
+    train_diffusers(cfg, faces, tc, work)
+    bundle = tmp_path / "bundle"
+    assemble(cfg, work, bundle)
+    model = load_bundle(bundle, verify_hashes=True)
+    assert model.cfg.scale_factor == pytest.approx(vmeta["scale_factor"]) and model.cfg.shaping is False
+    extra = read_manifest(bundle)["extra"]
+    assert set(extra["stages"]) == {"vae", "collaborator:mask", "collaborator:text", "diffusers"}
+    assert all(v["dtype"] == "F16" for v in _dtypes(bundle / "text_unet.safetensors"))
+
+    mask = tmp_path / "mask.png"
+    label = np.zeros((64, 64), np.uint8)
+    label[8:56, 12:52] = 1
+    label[20:26, 18:26] = 4
+    save_label_map(mask, label)
+    out = tmp_path / "face.png"
+    r = CliRunner().invoke(main, ["run", "--backend", "torch", "--checkpoint", str(bundle), "--text", CAPTION,
+                                  "--mask", str(mask), "--steps", "2", "--out", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert np.asarray(Image.open(out)).shape == (32, 32, 3)
+
+    # a retrained autoencoder makes the collaborators stale: assembling refuses, naming the fix
+    train_vae(cfg, faces, dataclasses.replace(tc, seed=1), VaeConfig(scale_images=8), work)
+    with pytest.raises(StaleArtifactError, match="cdx train collaborator --modality mask"):
+        assemble(cfg, work, tmp_path / "bundle2")
+
+
+def _dtypes(path):
+    import json
+    import struct
+
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    return [v for k, v in header.items() if k != "__metadata__"]
+
+
+def test_train_cli_all_then_run(tmp_path):
+    work, bundle = tmp_path / "work", tmp_path / "bundle"
+    args = ["--work", work, "--preset", "tiny", "--steps", "2", "--batch", "2", "--data-size", "4", "--threads", "1"]
+    r = CliRunner().invoke(main, ["train", "all", "--out", bundle, *map(str, args)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert f"wrote {bundle}" in r.output and (work / "data").is_dir()
+    # a single stage resumes from its checkpoint (here: already at --steps, so nothing more to do)
+    r = CliRunner().invoke(main, ["train", "diffusers", "--resume", *map(str, args)], catch_exceptions=False)
+    assert r.exit_code == 0 and "resumed from" in r.output, r.output
+    mask = tmp_path / "mask.png"
+    save_label_map(mask, np.full((32, 32), 1, np.uint8))
+    out = tmp_path / "x.png"
+    r = CliRunner().invoke(main, ["run", "--backend", "torch", "--checkpoint", str(bundle), "--text", CAPTION,
+                                  "--mask", str(mask), "--steps", "2", "--out", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert np.asarray(Image.open(out)).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "collaborator", "--modality", "sketch", "--data-size", "2"], "--modality 'sketch'"),
+    (["train", "diffusers", "--data-size", "2"], "missing; run `cdx train vae` first"),
+    (["train", "vae", "--preset", "huge"], "unknown preset"),
+    (["train", "vae", "--steps", "0"], "--steps must be >= 1"),
+    (["train", "collaborator", "--modality", "text", "--cond-drop", "1.5"], "--cond-drop must be in [0, 1)"),
+])
+def test_train_cli_errors_are_one_line(tmp_path, argv, message):
+    r = CliRunner().invoke(main, [*argv, "--work", str(tmp_path / "w")])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert len([ln for ln in r.output.splitlines() if ln.startswith("error:")]) == 1
