@@ -81,6 +81,8 @@ class OrtRunner:
             opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3
+            # Between graphs the loop runs torch ops on the same cores: spinning ORT workers would starve them.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             path = self.folder / self.manifest["networks"][network]["file"]
             try:
                 self._sessions[network] = ort.InferenceSession(str(path), opts, providers=self.providers)
