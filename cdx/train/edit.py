@@ -85,7 +85,7 @@ def _descend(params, loss_fn: Callable[[], torch.Tensor], steps: int, lr: float,
         loss.backward()
         opt.step()
         if progress:
-            progress(float(loss))
+            progress(float(loss.detach()))
 
 
 def optimise_embedding(unet, z0, target, acp, cfg: EditConfig, gen, progress=None) -> torch.Tensor:
