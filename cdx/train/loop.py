@@ -18,7 +18,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import CdxError, InputError, StaleArtifactError
+from ..io import atomic_path
 
 CKPT_FORMAT = "cdx-train-checkpoint"
 CKPT_VERSION = 1
@@ -147,15 +147,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, ema: nn.Module, o
     tensors["rng.torch"] = torch.get_rng_state()
     doc = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "step": int(step),
            "param_groups": sd["param_groups"], "meta": meta or {}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"cdx_train": json.dumps(doc)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"cdx_train": json.dumps(doc)})
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -299,15 +292,8 @@ def save_stage(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: di
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().cpu().contiguous().clone() if v.is_floating_point() else v.detach().cpu()
                for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"cdx_stage": json.dumps(meta)})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"cdx_stage": json.dumps(meta)})
 
 
 def load_stage(path: str | os.PathLike, stage: str, rebuild: str) -> tuple[dict[str, torch.Tensor], dict]:
