@@ -151,16 +151,21 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, ema: nn.Module, o
         save_file(tensors, str(tmp), metadata={"cdx_train": json.dumps(doc)})
 
 
+def _read_with_doc(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every tensor of a safetensors file and the JSON document stored under metadata `key` ({} if none)."""
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get(key)
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return tensors, json.loads(raw) if raw else {}
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, document) of a checkpoint; a file that is not one is refused."""
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("cdx_train")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors, doc = _read_with_doc(path, "cdx_train")
     except (SafetensorError, OSError) as e:
         raise StaleArtifactError(f"{path}: unreadable checkpoint ({e}); delete it or train without --resume") from None
-    doc = json.loads(raw) if raw else {}
     if doc.get("format") != CKPT_FORMAT or doc.get("version") != CKPT_VERSION:
         raise StaleArtifactError(f"{path}: not a version-{CKPT_VERSION} cdx training checkpoint")
     return tensors, doc
@@ -302,12 +307,9 @@ def load_stage(path: str | os.PathLike, stage: str, rebuild: str) -> tuple[dict[
     if not path.is_file():
         raise CdxError(f"{path}: missing; run `{rebuild}` first")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("cdx_stage")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors, meta = _read_with_doc(path, "cdx_stage")
     except (SafetensorError, OSError) as e:
         raise StaleArtifactError(f"{path}: unreadable ({e}); rerun `{rebuild}`") from None
-    meta = json.loads(raw) if raw else {}
     if meta.get("stage") != stage:
         raise StaleArtifactError(f"{path}: not a {stage} stage output; rerun `{rebuild}`")
     return tensors, meta
