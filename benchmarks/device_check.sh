@@ -12,7 +12,8 @@
 # cannot eat the lease. Without a CUDA device it says so, writes a summary saying so, and exits 0.
 #
 # Environment: OUT (default ./device_check_out), PYTHON (default python3), CHECK_BUDGET_S,
-# BENCH_ARGS (extra bench_gpu.py arguments), DEVICE_CHECK_DRY_RUN=1 (run every stage on the CPU with
+# BENCH_ARGS (extra bench_gpu.py arguments), STAGES (default "install pytest bench_kernel bench_gpu":
+# the stages to run, in that order), DEVICE_CHECK_DRY_RUN=1 (run every stage on the CPU with
 # the tiny preset, to test this script; it measures nothing about a GPU).
 set -u
 
@@ -21,6 +22,8 @@ OUT=${OUT:-$REPO/device_check_out}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 BUDGET=${CHECK_BUDGET_S:-540}
 DRY=${DEVICE_CHECK_DRY_RUN:-0}
+STAGES=" ${STAGES:-install pytest bench_kernel bench_gpu} "
+want() { [[ "$STAGES" == *" $1 "* ]]; }
 START=$(date +%s)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/device_check.XXXXXX")
 mkdir -p "$OUT"
@@ -169,12 +172,14 @@ if [ "$CUDA" != "1" ]; then
 fi
 
 # ------------------------------------------------------------------ stages
-if [ "$DRY" != "1" ]; then
+if [ "$DRY" != "1" ] && want install; then
   # No network there: no build isolation, no index; setuptools must already be in this python.
   stage install "$(cap 90)" "$PY" -m pip install --no-deps --no-build-isolation --no-index -q -e "$REPO"
 fi
 
-if "$PY" -c "import pytest" 2>/dev/null; then
+if ! want pytest; then
+  :
+elif "$PY" -c "import pytest" 2>/dev/null; then
   # The GPU tests: every test of test_cuda_graph.py (its CPU tests are quick) and the kernel file's GPU ones.
   # --noconftest: the GPU tests need none of conftest's fixtures, and its imports need no more packages.
   stage pytest "$(cap 180)" "$PY" -m pytest -p no:cacheprovider --noconftest -q -rs \
@@ -184,21 +189,23 @@ else
   echo "pytest skipped 0" >> "$WORK/stages.txt"
 fi
 
-if [ "$DRY" = "1" ]; then
+if want bench_kernel && [ -f benchmarks/bench_kernel.py ]; then
+  if [ "$DRY" = "1" ]; then
+    stage bench_kernel "$(cap 60)" "$PY" benchmarks/bench_kernel.py --cpu --json "$OUT/bench_kernel.json"
+  else
+    stage bench_kernel "$(cap 90)" "$PY" benchmarks/bench_kernel.py --json "$OUT/bench_kernel.json"
+  fi
+fi
+
+if ! want bench_gpu; then
+  :
+elif [ "$DRY" = "1" ]; then
   T=$(cap 300)
   stage bench_gpu "$T" "$PY" benchmarks/bench_gpu.py --dry-run --out "$OUT" --budget-s $(( T - 40 )) \
     --variants eager-fp32,torch-fp16-graph,tensorrt-fp16 ${BENCH_ARGS:-}
 else
   T=$(cap 330)
   stage bench_gpu "$T" "$PY" benchmarks/bench_gpu.py --out "$OUT" --budget-s $(( T - 60 )) ${BENCH_ARGS:-}
-fi
-
-if [ -f benchmarks/bench_kernel.py ]; then
-  if [ "$DRY" = "1" ]; then
-    stage bench_kernel "$(cap 60)" "$PY" benchmarks/bench_kernel.py --cpu --json "$OUT/bench_kernel.json"
-  else
-    stage bench_kernel "$(cap 90)" "$PY" benchmarks/bench_kernel.py --json "$OUT/bench_kernel.json"
-  fi
 fi
 
 FAILED=$(awk '$2 != "0" && $2 != "skipped"' "$WORK/stages.txt" | wc -l)

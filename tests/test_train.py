@@ -107,6 +107,26 @@ def test_train_data_uses_the_inference_preprocessing(tmp_path):
         assert torch.equal(item["mask"], mask_onehot(str(png), 1)[0])
 
 
+def test_train_data_is_the_same_from_several_processes():
+    from cdx.train.data import build_arrays
+
+    one = build_arrays(1000, 5, 32, workers=1)
+    two = build_arrays(1000, 5, 32, workers=2)
+    for key in ("images", "tokens", "mask_ids"):
+        assert np.array_equal(one[key], two[key]), key
+    assert len(np.unique(one["images"].reshape(1000, -1)[:, ::97], axis=0)) > 900  # not one face repeated
+
+
+def test_train_device_one_hot_matches_the_inference_one_hot():
+    from cdx.models.masks import one_hot
+    from cdx.train.data import one_hot_torch
+
+    ids = np.random.default_rng(3).integers(0, 19, size=(4, 1024)).astype(np.uint8)
+    got = one_hot_torch(torch.from_numpy(ids))
+    assert got.dtype == torch.int64 and got.shape == (4, 19, 1024)
+    assert np.array_equal(got.numpy(), one_hot(ids))
+
+
 # ---------------------------------------------------------------------------------------------- stages learn
 
 

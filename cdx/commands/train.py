@@ -6,6 +6,7 @@ in order within one wall-clock budget.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def common_options(f):
         click.option("--data-seed", type=int, default=1234, show_default=True),
         click.option("--data-cache", type=click.Path(path_type=Path), default=None,
                      help="Folder of the .npz data cache (default: WORK/data)."),
+        click.option("--data-workers", type=int, default=None,
+                     help="Processes generating the data set (default: the CPU count, at most 8; "
+                          "the data does not depend on it)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -63,7 +67,7 @@ def _setup(o: dict, stage: str):
     from ..train.data import DataConfig, load_faces
 
     cfg = _preset(o["preset"])
-    for key in ("steps", "batch", "data_size", "threads"):
+    for key in ("steps", "batch", "data_size", "threads", "data_workers"):
         if o[key] is not None and o[key] < 1:
             raise InputError(f"--{key.replace('_', '-')} must be >= 1, got {o[key]}")
     if o["lr"] is not None and not o["lr"] > 0:
@@ -73,8 +77,9 @@ def _setup(o: dict, stage: str):
     if o["threads"]:
         torch.set_num_threads(o["threads"])
     cache = o["data_cache"] or o["work"] / "data"
+    workers = o["data_workers"] or min(8, os.cpu_count() or 1)
     data = load_faces(DataConfig(size=o["data_size"], seed=o["data_seed"], image_size=cfg.image_size[0],
-                                 cache=str(cache)))
+                                 cache=str(cache), workers=workers))
     return cfg, data, _train_config(o, stage, o["max_minutes"])
 
 

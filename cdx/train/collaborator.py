@@ -89,7 +89,7 @@ def null_condition(kind: str, like: torch.Tensor) -> torch.Tensor:
     """The condition classifier-free guidance drops to: the empty caption, or an all-zero one-hot."""
     if kind == "text":
         ids, _ = Tokenizer().encode([""])
-        return torch.from_numpy(ids).expand_as(like).clone()
+        return torch.from_numpy(ids).to(like.device).expand_as(like).clone()
     return torch.zeros_like(like)
 
 
@@ -113,13 +113,13 @@ def train_collaborator(cfg: ModelConfig, name: str, data: FaceSet, tc: TrainConf
     def loss_fn(g: torch.Generator) -> torch.Tensor:
         nonlocal null
         idx = data.random_indices(g, tc.batch)
-        cond = data.condition_batch(m.kind, idx)
+        cond = data.condition_batch(m.kind, idx, device)
         if cc.cond_drop > 0:
             null = null_condition(m.kind, cond) if null is None or null.shape != cond.shape else null
-            drop = torch.rand(tc.batch, generator=g) < cc.cond_drop
+            drop = (torch.rand(tc.batch, generator=g) < cc.cond_drop).to(device)
             cond = torch.where(drop.view(-1, *[1] * (cond.dim() - 1)), null, cond)
         t, noise = draw_t_noise(g, tc.batch, shape, cfg.timesteps)
-        return eps_loss(net["unet"], net["encoder"], latents[idx].to(device), cond.to(device), t.to(device),
+        return eps_loss(net["unet"], net["encoder"], latents[idx].to(device), cond, t.to(device),
                         noise.to(device), acp, cc.snr_weight_power)
 
     meta = {"stage": "collaborator", "modality": jsonable(asdict(m)), "vae_sha256": lmeta["vae_sha256"],

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import StaleArtifactError
-from ..models.masks import label_map_to_ids, one_hot
+from ..models.masks import NUM_CLASSES, label_map_to_ids, one_hot
 from ..models.tokenizer import Tokenizer
 
 CACHE_VERSION = 1
@@ -28,6 +28,7 @@ class DataConfig:
     seed: int = 1234
     image_size: int = 64
     cache: str | None = None  # folder for the .npz cache (None: no cache)
+    workers: int = 1  # processes generating the set (the result does not depend on it)
 
 
 def synth_fingerprint() -> str:
@@ -37,16 +38,39 @@ def synth_fingerprint() -> str:
     return hashlib.sha256(Path(synth.__file__).read_bytes()).hexdigest()[:16]
 
 
-def build_arrays(n: int, seed: int, image_size: int) -> dict[str, np.ndarray]:
-    """Generate `n` faces (item i is `SyntheticFaces(n, seed)[i]`): images uint8 (n, H, W, 3),
-    tokens int32 (n, 77), mask_ids uint8 (n, 1024)."""
+def _generate_range(args: tuple[int, int, int, int]):
     from .synth import generate_batch
 
-    print(f"generating {n} synthetic faces ({image_size}px, seed {seed})", flush=True)
-    images, labels, captions, _, _ = generate_batch(seed, n, size=image_size)
+    seed, lo, hi, size = args
+    return generate_batch(seed, hi - lo, size=size, start=lo)[:3]
+
+
+def build_arrays(n: int, seed: int, image_size: int, workers: int = 1) -> dict[str, np.ndarray]:
+    """Generate `n` faces (item i is `SyntheticFaces(n, seed)[i]`): images uint8 (n, H, W, 3),
+    tokens int32 (n, 77), mask_ids uint8 (n, 1024). Every item is seeded by its index alone, so
+    `workers` processes (each generating a contiguous range) give exactly the same arrays as one."""
+    workers = max(1, min(int(workers), n // 500))  # below ~500 items a process costs more than it saves
+    print(f"generating {n} synthetic faces ({image_size}px, seed {seed}, {workers} process(es))", flush=True)
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+    jobs = [(seed, int(lo), int(hi), image_size) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    if workers == 1:
+        parts = [_generate_range(jobs[0])]
+    else:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_generate_range, jobs)
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    captions = [c for p in parts for c in p[2]]
     ids, _ = Tokenizer().encode(list(captions))  # (n, 77) int64, truncated as inference does
     mask_ids = np.stack([label_map_to_ids(lab) for lab in labels]).astype(np.uint8)  # (n, 1024)
     return {"images": images, "tokens": ids.astype(np.int32), "mask_ids": mask_ids}
+
+
+def one_hot_torch(ids: torch.Tensor) -> torch.Tensor:
+    """(B, N) class ids -> int64 (B, 19, N) on the ids' device: the values of `masks.one_hot`."""
+    return torch.nn.functional.one_hot(ids.long(), NUM_CLASSES).transpose(1, 2).contiguous()
 
 
 class FaceSet(torch.utils.data.Dataset):
@@ -57,6 +81,7 @@ class FaceSet(torch.utils.data.Dataset):
         self.tokens = torch.from_numpy(arrays["tokens"])  # (n, 77) int32
         self.mask_ids = arrays["mask_ids"]  # (n, 1024) uint8, numpy for one_hot
         self.fingerprint = fingerprint
+        self._ids_on = None  # mask_ids on a CUDA device, made on first use
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -76,9 +101,17 @@ class FaceSet(torch.utils.data.Dataset):
     def mask_batch(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(one_hot(self.mask_ids[idx.numpy()]))  # (B, 19, 1024) int64
 
-    def condition_batch(self, kind: str, idx: torch.Tensor) -> torch.Tensor:
-        """The encoder input of a modality kind ("text" or "mask") for the samples `idx`."""
-        return {"text": self.token_batch, "mask": self.mask_batch}[kind](idx)
+    def condition_batch(self, kind: str, idx: torch.Tensor, device=None) -> torch.Tensor:
+        """The encoder input of a modality kind ("text" or "mask") for the samples `idx`, on `device`.
+
+        On a CUDA device the one-hot of a mask batch is made there from the class ids (the same
+        values as `one_hot`), instead of building and copying 19x larger int64 arrays every step."""
+        device = torch.device("cpu") if device is None else torch.device(device)
+        if kind == "mask" and device.type == "cuda":
+            if self._ids_on is None or self._ids_on.device != device:
+                self._ids_on = torch.from_numpy(self.mask_ids).to(device)
+            return one_hot_torch(self._ids_on[idx.to(device)])
+        return {"text": self.token_batch, "mask": self.mask_batch}[kind](idx).to(device)
 
     def random_indices(self, gen: torch.Generator, batch: int) -> torch.Tensor:
         return torch.randint(len(self), (batch,), generator=gen)
@@ -99,7 +132,7 @@ def load_faces(cfg: DataConfig) -> FaceSet:
                 print(f"{path}: made by another version of the generator; rebuilding")
             except (OSError, ValueError, KeyError) as e:
                 raise StaleArtifactError(f"{path}: unreadable data cache ({e}); delete it") from None
-    arrays = build_arrays(cfg.size, cfg.seed, cfg.image_size)
+    arrays = build_arrays(cfg.size, cfg.seed, cfg.image_size, cfg.workers)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)

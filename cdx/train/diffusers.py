@@ -64,7 +64,7 @@ def train_diffusers(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, work: str 
 
     def loss_fn(g: torch.Generator) -> torch.Tensor:
         idx = data.random_indices(g, tc.batch)
-        conds = [data.condition_batch(m.kind, idx).to(device) for m in cfg.modalities]
+        conds = [data.condition_batch(m.kind, idx, device) for m in cfg.modalities]
         t, noise = draw_t_noise(g, tc.batch, shape, cfg.timesteps)
         return diffusers_loss(collabs, diffs, latents[idx].to(device), conds, t.to(device), noise.to(device), acp)
 

@@ -84,13 +84,21 @@ def seed_everything(seed: int) -> torch.Generator:
 def pick_device(name: str | None) -> torch.device:
     """None: CUDA when available, else CPU; an explicit CUDA device that is absent is an error."""
     if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return _tf32(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         dev = torch.device(name)
     except RuntimeError:
         raise InputError(f"--device {name!r}: not a torch device (use cpu or cuda)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CdxError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return _tf32(dev)
+
+
+def _tf32(dev: torch.device) -> torch.device:
+    """Training on CUDA may use TF32 matmuls and convolutions (10-bit mantissa products, fp32 sums)."""
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     return dev
 
 

@@ -793,8 +793,8 @@ def generate(seed: int | Sequence[int], size: int = 64) -> Sample:
                   colour_seed=colour_seed)
 
 
-def generate_batch(seed: int, n: int, size: int = 64):
-    """``n`` samples; sample ``i`` is ``generate((seed, i), size)`` (the same as ``SyntheticFaces(.., seed)[i]``).
+def generate_batch(seed: int, n: int, size: int = 64, start: int = 0):
+    """``n`` samples; sample ``i`` is ``generate((seed, start + i), size)`` (``SyntheticFaces(.., seed)[start + i]``).
 
     Returns ``(images uint8 (n, H, W, 3), labels uint8 (n, H, W), captions list[str], attrs int64 (n, A),
     stated bool (n, len(TEXT_ATTRS)))`` with attrs in :data:`ALL_ATTRS` order.
@@ -805,7 +805,7 @@ def generate_batch(seed: int, n: int, size: int = 64):
     stated = np.zeros((n, len(TEXT_ATTRS)), bool)
     captions = []
     for i in range(n):
-        s = generate((seed, i), size)
+        s = generate((seed, start + i), size)
         images[i], labels[i], attrs[i] = s.image, s.label, s.attrs.as_vector()
         stated[i] = [a in s.stated for a in TEXT_ATTRS]
         captions.append(s.caption)
