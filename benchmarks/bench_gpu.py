@@ -571,7 +571,7 @@ def main(argv=None) -> int:
             {"machine": machine(torch.device("cpu")), "results": [], "status": "no CUDA device"}, indent=1))
         return 3
     if dev.type == "cuda":
-        torch.cuda.set_device(dev)
+        torch.cuda.set_device(dev.index or 0)  # set_device refuses a device without an index
     return Bench(args).run()
 
 

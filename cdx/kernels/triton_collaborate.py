@@ -56,7 +56,7 @@ def _build_kernel():
         eps_ptr, logits_ptr, x_ptr, noise_ptr,  # (M,B,C,H,W), (M,B,1,H,W), (B,C,H,W), (B,C,H,W)
         coeffs_ptr, step_ptr, decay_ptr, scale_ptr,  # (S,6) f32, 0-d int, (S,M) f32, (M,) f32
         eps_out_ptr, x_out_ptr, w_out_ptr,  # (B,C,H,W), (B,C,H,W), (M,B,1,H,W) f32
-        step_const, num_steps, M, C, HW, P, PC, receiver,  # P = B*H*W, PC = P*C (host-computed, no overflow)
+        step_const, num_steps, M: tl.constexpr, C, HW, P, PC, receiver,  # P = B*H*W, PC = P*C (host-computed)
         BLOCK: tl.constexpr, STEP_FROM_PTR: tl.constexpr, HAS_DECAY: tl.constexpr,
         HAS_SCALE: tl.constexpr, STORE_W: tl.constexpr, EPS_BF16: tl.constexpr, X_BF16: tl.constexpr,
     ):
