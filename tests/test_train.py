@@ -327,6 +327,46 @@ def test_train_stages_assemble_and_run(faces, tmp_path):
         assemble(cfg, work, tmp_path / "bundle2")
 
 
+def test_train_init_from_a_bundle_starts_every_stage_from_its_weights(faces, tmp_path):
+    from cdx.errors import InputError
+    from cdx.models.bundle import bundle_hash
+
+    cfg, tc = micro_config(), quick(steps=2, batch=4)
+    work, src = tmp_path / "work", tmp_path / "src"
+    train_vae(cfg, faces, tc, VaeConfig(scale_images=8), work)
+    for name in ("mask", "text"):
+        train_collaborator(cfg, name, faces, tc, CollabConfig(), work)
+    train_diffusers(cfg, faces, tc, work)
+    assemble(cfg, work, src, eta=1.0)
+    assert load_bundle(src).cfg.eta == 1.0  # the bundle's default sampler noise travels in its config
+
+    # zero steps from the bundle: every stage saves exactly the bundle's weights again
+    work2, again = tmp_path / "work2", tmp_path / "again"
+    tc0 = dataclasses.replace(tc, steps=0, init_from=str(src))
+    train_vae(cfg, faces, tc0, VaeConfig(scale_images=8), work2)
+    for name in ("mask", "text"):
+        train_collaborator(cfg, name, faces, tc0, CollabConfig(), work2)
+    train_diffusers(cfg, faces, tc0, work2)
+    assemble(cfg, work2, again)
+    a, b = load_bundle(src).networks(), load_bundle(again).networks()
+    assert set(a) == set(b)
+    for key in a:
+        sa, sb = a[key].state_dict(), b[key].state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), key
+    stages = read_manifest(again)["extra"]["stages"]
+    assert {v.get("init_from") for v in stages.values()} == {bundle_hash(src)}
+
+    # a few steps from the bundle move the weights, starting from them
+    tc2 = dataclasses.replace(tc, steps=2, init_from=str(src))
+    train_collaborator(cfg, "text", faces, tc2, CollabConfig(), work2)
+
+    # a bundle of another architecture is refused in one line
+    other = dataclasses.replace(cfg, modalities=tuple(
+        dataclasses.replace(m, unet=dataclasses.replace(m.unet, model_channels=64)) for m in cfg.modalities))
+    with pytest.raises(InputError, match="does not match this preset"):
+        train_collaborator(other, "mask", faces, tc0, CollabConfig(), work2)
+
+
 def _dtypes(path):
     import json
     import struct

@@ -26,7 +26,7 @@ from .common import check_output_path, checkpoint_option, grid, save_image
 @click.option("--finetune-lr", type=float, default=1e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=50, show_default=True)
-@click.option("--eta", type=float, default=0.0, show_default=True)
+@click.option("--eta", type=float, default=None, help="DDIM eta (default: the model's).")
 @click.option("--save-influence", type=click.Path(path_type=Path), default=None)
 @click.option("--save-state", type=click.Path(path_type=Path), default=None,
               help="Keep the optimised embeddings and fine-tuned weights here.")
@@ -79,6 +79,7 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
             write_state(state, save_state, {"bundle_hash": bundle_hash(ckpt), "image": str(image), "text": text,
                                             "mask": str(mask) if mask else None})
             click.echo(f"wrote edit state {save_state}")
+    eta = model.cfg.eta if eta is None else eta
     images, influence, desc = render_edit(model, ckpt, state, alphas, backend, engine_dir, seed, steps, eta,
                                           save_influence is not None)
     click.echo(desc, err=True)

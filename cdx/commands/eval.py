@@ -25,6 +25,7 @@ def _check_writable(path: Path | None, flag: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=50, show_default=True)
 @click.option("--batch", type=int, default=16, show_default=True)
+@click.option("--eta", type=float, default=None, help="DDIM eta (default: the model's, 0 unless its bundle says).")
 @click.option("--n-ref", type=int, default=1024, show_default=True, help="Real faces for the FD reference.")
 @click.option("--methods", default="all", show_default=True,
               help="Comma-separated: collaborative, composable, no_spatial, no_temporal, text_only, mask_only.")
@@ -33,7 +34,7 @@ def _check_writable(path: Path | None, flag: str) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 @click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None)
 @friendly
-def eval_(checkpoint, backend, device, n, seed, steps, batch, n_ref, methods, eval_nets, json_path, md_path):
+def eval_(checkpoint, backend, device, n, seed, steps, batch, eta, n_ref, methods, eval_nets, json_path, md_path):
     """Score the methods on synthetic test faces: FD (lower is better), text acc, mask acc."""
     from tqdm import tqdm
 
@@ -64,9 +65,12 @@ def eval_(checkpoint, backend, device, n, seed, steps, batch, n_ref, methods, ev
                          f"{', '.join(sorted(kinds))})")
     if steps > runner.cfg.timesteps:
         raise InputError(f"--steps must be in 1..{runner.cfg.timesteps}, got {steps}")
+    eta = runner.cfg.eta if eta is None else eta
+    if not 0.0 <= eta <= 1.0:
+        raise InputError(f"--eta must be in [0, 1], got {eta}")
     with tqdm(total=len(chosen) * -(-n // batch), desc="generating", unit="batch", leave=False) as bar:
         result = evaluate(runner, runner.cfg, n=n, seed=seed, steps=steps, methods=chosen, batch=batch, nets=nets,
-                          n_ref=n_ref, progress=lambda msg: bar.update(1))
+                          n_ref=n_ref, progress=lambda msg: bar.update(1), eta=eta)
     result["backend"] = desc
     table = markdown_table(result)
     click.echo(table)

@@ -22,7 +22,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 @click.option("--engine-dir", type=click.Path(path_type=Path), default=None, help="Run a given export/engine folder.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=50, show_default=True)
-@click.option("--eta", type=float, default=0.0, show_default=True, help="DDIM eta (0 = deterministic).")
+@click.option("--eta", type=float, default=None,
+              help="DDIM eta, 0 = deterministic (default: the model's; 0 for the official models).")
 @click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True)
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--shaping/--no-shaping", default=None, help="Official influence shaping (default: the model's).")
@@ -46,7 +47,8 @@ def run(text, mask, out, checkpoint, backend, engine_dir, seed, steps, eta, samp
 
     req = Request(text=text, mask=str(mask) if mask else None, seed=seed, steps=steps, eta=eta, batch=batch,
                   sampler=sampler, shaping=shaping, save_influence=save_influence is not None, cuda_graph=cuda_graph)
-    for flag, value, ok in (("--steps", steps, steps >= 1), ("--batch", batch, batch >= 1), ("--eta", eta, eta >= 0)):
+    for flag, value, ok in (("--steps", steps, steps >= 1), ("--batch", batch, batch >= 1),
+                            ("--eta", eta, eta is None or eta >= 0)):
         if not ok:
             raise InputError(f"{flag} {value}: out of range (steps and batch >= 1, eta >= 0)")
     if mask is not None:
@@ -60,6 +62,8 @@ def run(text, mask, out, checkpoint, backend, engine_dir, seed, steps, eta, samp
     runner, desc = make_runner(backend, ckpt, engine_dir, device, dt,
                                progress=lambda n: click.echo(f"exporting {n} to ONNX (first use)", err=True))
     click.echo(desc, err=True)
+    if req.eta is None:
+        req.eta = runner.cfg.eta
     req.validate(runner.cfg)
     with tqdm(total=len(_steps(runner.cfg, req)), desc="denoising", unit="step", leave=False) as bar:
         result = generate(runner, runner.cfg, req, callback=lambda i: bar.update(1))

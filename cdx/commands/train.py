@@ -45,6 +45,9 @@ def common_options(f):
         click.option("--data-seed", type=int, default=1234, show_default=True),
         click.option("--data-cache", type=click.Path(path_type=Path), default=None,
                      help="Folder of the .npz data cache (default: WORK/data)."),
+        click.option("--init-from", type=click.Path(path_type=Path), default=None,
+                     help="Start from this bundle's trained weights of the stage (fine-tuning); "
+                          "with it --steps may be 0 (the vae stage then only re-encodes the latents)."),
         click.option("--data-workers", type=int, default=None,
                      help="Processes generating the data set (default: the CPU count, at most 8; "
                           "the data does not depend on it)."),
@@ -68,6 +71,8 @@ def _setup(o: dict, stage: str):
 
     cfg = _preset(o["preset"])
     for key in ("steps", "batch", "data_size", "threads", "data_workers"):
+        if key == "steps" and o["init_from"] is not None and o[key] == 0:
+            continue
         if o[key] is not None and o[key] < 1:
             raise InputError(f"--{key.replace('_', '-')} must be >= 1, got {o[key]}")
     if o["lr"] is not None and not o["lr"] > 0:
@@ -87,11 +92,12 @@ def _train_config(o: dict, stage: str, max_minutes):
     from ..train.loop import TrainConfig
 
     d = STAGES[stage]
-    steps = o["steps"] or d["steps"]
+    steps = d["steps"] if o["steps"] is None else o["steps"]
     return TrainConfig(steps=steps, batch=o["batch"] or d["batch"], lr=o["lr"] or d["lr"],
                        warmup=d["warmup"] if o["warmup"] is None else o["warmup"], seed=o["seed"],
                        ema_decay=o["ema_decay"], device=o["device"], amp=o["amp"], max_minutes=max_minutes,
-                       log_every=max(1, min(100, steps // 10)))
+                       log_every=max(1, min(100, steps // 10)),
+                       init_from=None if o.get("init_from") is None else str(o["init_from"]))
 
 
 @train.command("vae")
@@ -146,10 +152,16 @@ def diffusers_cmd(**o):
 @click.option("--work", type=click.Path(path_type=Path), default=Path("train_work"), show_default=True)
 @click.option("--preset", default="small", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
+@click.option("--eta", type=float, default=0.0, show_default=True,
+              help="The DDIM eta the bundle asks `cdx run`/`eval`/`edit` to sample with by default.")
 @friendly
-def assemble_cmd(work, preset, out):
+def assemble_cmd(work, preset, out, eta):
     """Stage 4: the trained parts -> one fp16 checkpoint bundle."""
-    click.echo(f"wrote {out} (bundle {_assemble(work, preset, out)[:12]})")
+    from ..errors import InputError
+
+    if not 0.0 <= eta <= 1.0:
+        raise InputError(f"--eta must be in [0, 1], got {eta}")
+    click.echo(f"wrote {out} (bundle {_assemble(work, preset, out, eta)[:12]})")
 
 
 @train.command("all")
@@ -201,7 +213,7 @@ def _preset(name: str):
         raise InputError(str(e.args[0])) from None
 
 
-def _assemble(work, preset_name, out) -> str:
+def _assemble(work, preset_name, out, eta: float = 0.0) -> str:
     from ..train.assemble import assemble
 
-    return assemble(_preset(preset_name), work, out)
+    return assemble(_preset(preset_name), work, out, eta=eta)

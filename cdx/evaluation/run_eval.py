@@ -77,7 +77,7 @@ def _contexts(runner: Runner, cfg: ModelConfig, tokenizer: Tokenizer, faces: dic
 
 def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, steps: int = 50,
              methods: Sequence[str] | str = "all", batch: int = 16, nets: EvalNets | None = None,
-             n_ref: int = 1024, progress: Callable[[str], None] | None = None) -> dict:
+             n_ref: int = 1024, progress: Callable[[str], None] | None = None, eta: float = 0.0) -> dict:
     """Generate with each method from the same n test conditions and noise; score FD, text acc, mask acc."""
     names = list(METHODS) if methods == "all" else list(methods)
     unknown = [m for m in names if m not in METHODS]
@@ -91,7 +91,7 @@ def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, step
     ref_features = nets.features(synthetic_faces((REFERENCE_SEED, seed), max(n_ref, 2))["images"])
 
     acp = alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end))
-    table = make_table(acp, steps, "ddim", 0.0)
+    table = make_table(acp, steps, "ddim", eta)
     x_T, noise = draw_noise(seed, n, (cfg.latent_channels, *cfg.latent_size), table.num_steps)  # shared by all
     tokenizer = Tokenizer()
     images = {m: [] for m in names}
@@ -107,7 +107,8 @@ def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, step
             seconds[m] += time.perf_counter() - t0
             if progress is not None:
                 progress(f"{m}: {hi}/{n}")
-    result = {"n": n, "seed": seed, "steps": int(table.num_steps), "sampler": "ddim", "n_ref": max(n_ref, 2),
+    result = {"n": n, "seed": seed, "steps": int(table.num_steps), "sampler": "ddim", "eta": eta,
+              "n_ref": max(n_ref, 2),
               "real": score(nets, faces["images"], faces, ref_features), "methods": {}}
     for m in names:
         result["methods"][m] = {**score(nets, np.concatenate(images[m]), faces, ref_features),
@@ -117,7 +118,8 @@ def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, step
 
 def markdown_table(result: dict) -> str:
     """Rows = methods (and the real test faces), columns = FD (lower is better), text acc, mask acc."""
-    lines = [f"n = {result['n']}, {result['steps']} DDIM steps, seed {result['seed']}, FD against "
+    lines = [f"n = {result['n']}, {result['steps']} DDIM steps (eta {result.get('eta', 0.0):g}), "
+             f"seed {result['seed']}, FD against "
              f"{result['n_ref']} real synthetic faces", "",
              "| method | FD (lower better) | text acc | mask acc |", "| --- | ---: | ---: | ---: |"]
     rows = list(result["methods"].items()) + [("real test faces (ceiling)", result["real"])]

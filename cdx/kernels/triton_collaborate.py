@@ -56,12 +56,14 @@ def _build_kernel():
         eps_ptr, logits_ptr, x_ptr, noise_ptr,  # (M,B,C,H,W), (M,B,1,H,W), (B,C,H,W), (B,C,H,W)
         coeffs_ptr, step_ptr, decay_ptr, scale_ptr,  # (S,6) f32, 0-d int, (S,M) f32, (M,) f32
         eps_out_ptr, x_out_ptr, w_out_ptr,  # (B,C,H,W), (B,C,H,W), (M,B,1,H,W) f32
-        step_const, num_steps, M: tl.constexpr, C, HW, P, PC, receiver,  # P = B*H*W, PC = P*C (host-computed)
+        step_const, num_steps, M: tl.constexpr, C: tl.constexpr, HW, P, PC, receiver,  # P = B*H*W, PC = P*C
         BLOCK: tl.constexpr, STEP_FROM_PTR: tl.constexpr, HAS_DECAY: tl.constexpr,
         HAS_SCALE: tl.constexpr, STORE_W: tl.constexpr, EPS_BF16: tl.constexpr, X_BF16: tl.constexpr,
     ):
         # Only elementwise ops and loops (no tl.sum/tl.max): those are @jit library functions built
         # when triton.language is imported, which would tie the interpreter to the import order.
+        # M and C are constexpr: the loops unroll, and the interpreter of Triton 3.6 cannot range() over a
+        # runtime int with NumPy >= 2.5 (it holds one as a 1-element array; seen on the H200 image).
         hw = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK] pixel in the image
         b = tl.program_id(1).to(tl.int64)
         pmask = hw < HW

@@ -43,6 +43,9 @@ class ModelConfig:
     linear_end: float = 0.0195
     shaping: bool = True  # official shaping on by default for the official presets
     guidance_scale: float = 1.0
+    # The DDIM eta `cdx run`/`eval`/`edit` use unless told otherwise: 0 (deterministic, the official
+    # models' setting); a bundle may ask for more noise when its high-noise predictions are imprecise.
+    eta: float = 0.0
 
     @property
     def image_size(self) -> tuple[int, int]:

@@ -18,11 +18,11 @@ from .diffusers import load_diffusers
 
 
 def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
-             dtype: torch.dtype = torch.float16) -> str:
+             dtype: torch.dtype = torch.float16, eta: float = 0.0) -> str:
     """Build the model from `work`'s stage outputs and save it as a bundle at `out`; returns its hash."""
     work = Path(work)
     vae, vmeta = load_vae(cfg, work)
-    cfg = dataclasses.replace(cfg, scale_factor=float(vmeta["scale_factor"]), shaping=False)
+    cfg = dataclasses.replace(cfg, scale_factor=float(vmeta["scale_factor"]), shaping=False, eta=float(eta))
     model = CollaborativeModel(cfg)
     model.vae.load_state_dict(vae.state_dict(), strict=True)
     stages = {"vae": _summary(vmeta, work / "vae.safetensors")}
@@ -46,5 +46,5 @@ def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
 
 
 def _summary(meta: dict, path: Path) -> dict:
-    keep = ("steps", "loss", "scale_factor", "recon_l1_mean", "samples_per_s", "train", "vae", "collab")
+    keep = ("steps", "loss", "scale_factor", "recon_l1_mean", "samples_per_s", "train", "vae", "collab", "init_from")
     return {"sha256": file_sha256(path), **{k: meta[k] for k in keep if k in meta}}

@@ -18,6 +18,7 @@ from ..models.autoencoder import Autoencoder
 from ..models.bundle import file_sha256
 from ..models.config import ModelConfig
 from .data import FaceSet
+from .init import init_from_bundle
 from .loop import TrainConfig, check_same, load_stage, pick_device, save_stage, seed_everything, train
 
 REBUILD = "cdx train vae"
@@ -115,6 +116,7 @@ def train_vae(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, vc: VaeConfig, w
     device = pick_device(tc.device)
     gen = seed_everything(tc.seed)
     vae = Autoencoder(cfg.autoencoder).to(device)
+    init = init_from_bundle(vae, tc.init_from, "vae") if tc.init_from else None
 
     def loss_fn(g: torch.Generator) -> torch.Tensor:
         x = random_crop(data.image_batch(data.random_indices(g, tc.batch)), vc.crop, g)
@@ -124,6 +126,8 @@ def train_vae(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, vc: VaeConfig, w
         return vae_loss(vae, x.to(device), noise.to(device), vc.kl_weight, vc.edge_weight)[0]
 
     meta = {"stage": "vae", "autoencoder": jsonable(asdict(cfg.autoencoder)), "data": data.fingerprint}
+    if init:
+        meta["init_from"] = init
     ema, res = train("vae", vae, loss_fn, tc, gen, work / "vae.ckpt.safetensors", resume, meta)
     means = encode_means(ema, data)  # the whole set, once: the scale factor and the next stages' latents
     scale = scale_factor_of(means[:vc.scale_images])

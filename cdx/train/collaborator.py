@@ -24,6 +24,7 @@ from ..models.tokenizer import Tokenizer
 from ..models.unet import ResBlock, SpatialTransformer, UNet
 from .autoencoder import jsonable, load_latents
 from .data import FaceSet
+from .init import init_from_bundle
 from .loop import TrainConfig, check_same, load_stage, pick_device, save_stage, seed_everything, train
 
 
@@ -106,6 +107,7 @@ def train_collaborator(cfg: ModelConfig, name: str, data: FaceSet, tc: TrainConf
     latents, lmeta = load_latents(cfg, data, work, device)
     gen = seed_everything(tc.seed)
     net = nn.ModuleDict({"unet": zero_init(UNet(m.unet)), "encoder": encoder_for(m)}).to(device)
+    init = init_from_bundle(net, tc.init_from, f"collaborator:{name}") if tc.init_from else None
     acp = schedule(cfg, device)
     shape = latents.shape[1:]
     null = None
@@ -124,6 +126,8 @@ def train_collaborator(cfg: ModelConfig, name: str, data: FaceSet, tc: TrainConf
 
     meta = {"stage": "collaborator", "modality": jsonable(asdict(m)), "vae_sha256": lmeta["vae_sha256"],
             "data": data.fingerprint}
+    if init:
+        meta["init_from"] = init
     ema, res = train(f"collaborator:{name}", net, loss_fn, tc, gen, work / f"collab_{name}.ckpt.safetensors",
                      resume, meta)
     manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "samples_per_s": res.steps_per_s * tc.batch,

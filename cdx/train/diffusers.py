@@ -25,6 +25,7 @@ from ..models.unet import UNet
 from .autoencoder import jsonable, load_latents
 from .collaborator import draw_t_noise, load_collaborator, q_sample, schedule, zero_init
 from .data import FaceSet
+from .init import init_from_bundle
 from .loop import TrainConfig, check_same, load_stage, pick_device, save_stage, seed_everything, train
 
 REBUILD = "cdx train diffusers"
@@ -58,6 +59,7 @@ def train_diffusers(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, work: str 
     collabs = [c for c, _ in loaded]
     gen = seed_everything(tc.seed)
     net = nn.ModuleDict({m.name: zero_init(UNet(m.diffuser)) for m in cfg.modalities}).to(device)
+    init = init_from_bundle(net, tc.init_from, "diffusers") if tc.init_from else None
     diffs = [net[n] for n in names]
     acp = schedule(cfg, device)
     shape = latents.shape[1:]
@@ -71,6 +73,8 @@ def train_diffusers(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, work: str 
     meta = {"stage": "diffusers", "diffusers": jsonable({m.name: asdict(m.diffuser) for m in cfg.modalities}),
             "collaborators_sha256": {n: file_sha256(work / f"collab_{n}.safetensors") for n in names},
             "vae_sha256": lmeta["vae_sha256"], "data": data.fingerprint}
+    if init:
+        meta["init_from"] = init
     ema, res = train("diffusers", net, loss_fn, tc, gen, work / "diffusers.ckpt.safetensors", resume, meta)
     manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "samples_per_s": res.steps_per_s * tc.batch,
                 "train": jsonable(asdict(tc))}

@@ -54,6 +54,7 @@ class TrainConfig:
     log_every: int = 100
     device: str | None = None  # None: cuda when available, else cpu
     amp: str = "none"  # "none" or "bf16" (autocast; weights and optimizer stay fp32)
+    init_from: str | None = None  # a bundle whose trained weights the stage starts from (cdx/train/init.py)
 
 
 @dataclass
