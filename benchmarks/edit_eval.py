@@ -64,6 +64,7 @@ def main():
     ap.add_argument("--finetune-steps", type=int, default=100)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the model's)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--work", default="/tmp/cdx_edit_eval")
     args = ap.parse_args()
@@ -73,7 +74,9 @@ def main():
     cfg = model.cfg
     nets = load_eval_nets()
     rng = np.random.default_rng(args.seed)
-    table = make_table(alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end)), args.steps)
+    eta = cfg.eta if args.eta is None else args.eta
+    table = make_table(alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end)), args.steps,
+                       "ddim", eta)
     rows = {a: {"text_edit": [], "mask_acc": [], "keep_psnr": [], "keep_attrs": []} for a in alphas}
     import os
 
@@ -111,7 +114,7 @@ def main():
         print(f"| {a} | {r['text_edit']:.2f} | {r['mask_acc']:.3f} | {r['keep_psnr']:.1f} dB | {r['keep_attrs']:.2f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"faces": args.faces, "args": vars(args), "alphas": summary}, f, indent=1)
+            json.dump({"faces": args.faces, "args": vars(args), "eta": eta, "alphas": summary}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -339,6 +339,15 @@ def test_train_init_from_a_bundle_starts_every_stage_from_its_weights(faces, tmp
     train_diffusers(cfg, faces, tc, work)
     assemble(cfg, work, src, eta=1.0)
     assert load_bundle(src).cfg.eta == 1.0  # the bundle's default sampler noise travels in its config
+    images = {}
+    for eta in (None, "1", "0"):
+        out = tmp_path / f"eta-{eta}.png"
+        argv = ["run", "--backend", "torch", "--checkpoint", str(src), "--text", CAPTION, "--steps", "3",
+                "--out", str(out)] + ([] if eta is None else ["--eta", eta])
+        r = CliRunner().invoke(main, argv, catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        images[eta] = np.asarray(Image.open(out))
+    assert np.array_equal(images[None], images["1"]) and not np.array_equal(images["1"], images["0"])
 
     # zero steps from the bundle: every stage saves exactly the bundle's weights again
     work2, again = tmp_path / "work2", tmp_path / "again"

@@ -62,8 +62,6 @@ def run(text, mask, out, checkpoint, backend, engine_dir, seed, steps, eta, samp
     runner, desc = make_runner(backend, ckpt, engine_dir, device, dt,
                                progress=lambda n: click.echo(f"exporting {n} to ONNX (first use)", err=True))
     click.echo(desc, err=True)
-    if req.eta is None:
-        req.eta = runner.cfg.eta
     req.validate(runner.cfg)
     with tqdm(total=len(_steps(runner.cfg, req)), desc="denoising", unit="step", leave=False) as bar:
         result = generate(runner, runner.cfg, req, callback=lambda i: bar.update(1))

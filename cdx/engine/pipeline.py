@@ -23,7 +23,7 @@ class Request:
     mask: str | None = None  # path to a label-map PNG
     seed: int = 0
     steps: int = 50
-    eta: float = 0.0
+    eta: float | None = None  # None: the model's default (ModelConfig.eta)
     batch: int = 1
     sampler: str = "ddim"
     shaping: bool | None = None  # None: the model's default
@@ -37,7 +37,7 @@ class Request:
             raise InputError(f"--steps must be in 1..{cfg.timesteps}, got {self.steps}")
         if self.batch < 1:
             raise InputError(f"--batch must be >= 1, got {self.batch}")
-        if self.eta < 0:
+        if self.eta is not None and self.eta < 0:
             raise InputError(f"--eta must be >= 0, got {self.eta}")
         names = {m.kind for m in cfg.modalities}
         if self.text is not None and "text" not in names:
@@ -101,7 +101,7 @@ def generate(runner: Runner, cfg: ModelConfig, req: Request, callback: Callable[
     req.validate(cfg)
     names, contexts = encode_conditions(runner, cfg, req)
     acp = alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end))
-    table = make_table(acp, req.steps, req.sampler, req.eta)
+    table = make_table(acp, req.steps, req.sampler, cfg.eta if req.eta is None else req.eta)
     use_cfg = cfg if req.shaping is None else _with_shaping(cfg, req.shaping)
     shaping = make_shaping(use_cfg, names, table, cfg.timesteps)
     shape = (cfg.latent_channels, *cfg.latent_size)
