@@ -147,3 +147,15 @@ def test_convert_refuses_non_checkpoint(tmp_path):
     bad = _write(tmp_path / "x.ckpt", b"definitely not a checkpoint")
     r = run_cli("convert", "--official", bad, "--preset", "official-256", "--out", tmp_path / "b")
     assert r.exit_code == 2 and "not a loadable" in r.output
+
+
+def test_bench_plot_without_matplotlib_is_one_line_before_any_work(tiny_bundle, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    plot, js = tmp_path / "r.png", tmp_path / "r.json"
+    r = run_cli("bench", "--checkpoint", str(tiny_bundle), "--backends", "torch", "--steps", "1", "--runs", "1",
+                "--json", str(js), "--plot", str(plot))
+    assert r.exit_code == 2 and "matplotlib" in r.output and "Traceback" not in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not plot.exists() and not js.exists()

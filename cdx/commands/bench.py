@@ -49,6 +49,11 @@ def bench(checkpoint, preset, backends, batch, steps, runs, warmup, stages, mask
         raise InputError("give --checkpoint or --preset, not both")
     if batch < 1 or steps < 1 or runs < 1 or warmup < 0:
         raise InputError("--batch, --steps and --runs must be >= 1, --warmup >= 0")
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot needs matplotlib (pip install matplotlib); drop --plot to bench without it") from None
     ckpt = random_bundle(preset) if preset else (checkpoint or default_checkpoint())
     stage_set = tuple(s.strip() for s in stages.split(","))
     results = []
