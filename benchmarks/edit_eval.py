@@ -62,6 +62,8 @@ def main():
     ap.add_argument("--alphas", default="0.0,0.4,0.7,1.0")
     ap.add_argument("--embed-steps", type=int, default=100)
     ap.add_argument("--finetune-steps", type=int, default=100)
+    ap.add_argument("--embed-lr", type=float, default=1e-3)
+    ap.add_argument("--finetune-lr", type=float, default=1e-4)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eta", type=float, default=None, help="DDIM eta (default: the model's)")
@@ -90,7 +92,8 @@ def main():
         names, contexts = encode_conditions(TorchRunner(model), cfg, Request(text=caption, mask=mask_path))
         image = torch.from_numpy(s.image.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
         state = run_edit(model, image, dict(zip(names, contexts)),
-                         EditConfig(args.embed_steps, 1e-3, args.finetune_steps, 1e-4, seed=args.seed + k))
+                         EditConfig(args.embed_steps, args.embed_lr, args.finetune_steps, args.finetune_lr,
+                                    seed=args.seed + k))
         runner = TorchRunner(state.apply(model))
         shaping = make_shaping(cfg, state.names, table, cfg.timesteps)
         x_T, noise = draw_noise(args.seed + k, 1, (cfg.latent_channels, *cfg.latent_size), table.num_steps)
