@@ -2,7 +2,8 @@
 
 Conditions are stored already preprocessed exactly as inference does it (`cdx.engine.pipeline`):
 BERT token ids of the caption (`Tokenizer().encode`) and the 32x32 NEAREST-resized class ids of the
-label map (`label_map_to_ids`); a batch's mask condition is `one_hot(ids)`, the same function.
+label map (`label_map_to_ids`); a batch's mask condition is their one-hot (`one_hot_torch`: the values
+of inference's `masks.one_hot`, tested), made on the device the batch goes to.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import StaleArtifactError
-from ..models.masks import NUM_CLASSES, label_map_to_ids, one_hot
+from ..models.masks import NUM_CLASSES, label_map_to_ids
 from ..models.tokenizer import Tokenizer
 
 CACHE_VERSION = 1
@@ -79,9 +80,9 @@ class FaceSet(torch.utils.data.Dataset):
     def __init__(self, arrays: dict[str, np.ndarray], fingerprint: str = ""):
         self.images = torch.from_numpy(arrays["images"])  # (n, H, W, 3) uint8
         self.tokens = torch.from_numpy(arrays["tokens"])  # (n, 77) int32
-        self.mask_ids = arrays["mask_ids"]  # (n, 1024) uint8, numpy for one_hot
+        self.mask_ids = torch.from_numpy(arrays["mask_ids"])  # (n, 1024) uint8
         self.fingerprint = fingerprint
-        self._ids_on = None  # mask_ids on a CUDA device, made on first use
+        self._ids_on = self.mask_ids  # mask_ids on the device last asked for (copied once per device)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -98,20 +99,19 @@ class FaceSet(torch.utils.data.Dataset):
     def token_batch(self, idx: torch.Tensor) -> torch.Tensor:
         return self.tokens[idx].long()  # (B, 77)
 
-    def mask_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(one_hot(self.mask_ids[idx.numpy()]))  # (B, 19, 1024) int64
+    def mask_batch(self, idx: torch.Tensor, device=None) -> torch.Tensor:
+        """(B, 19, 1024) int64 one-hot made on `device` from the class ids: the 19x larger int64
+        array is never built on the host and copied."""
+        device = torch.device("cpu") if device is None else torch.device(device)
+        if self._ids_on.device != device:
+            self._ids_on = self.mask_ids.to(device)
+        return one_hot_torch(self._ids_on[idx.to(device)])
 
     def condition_batch(self, kind: str, idx: torch.Tensor, device=None) -> torch.Tensor:
-        """The encoder input of a modality kind ("text" or "mask") for the samples `idx`, on `device`.
-
-        On a CUDA device the one-hot of a mask batch is made there from the class ids (the same
-        values as `one_hot`), instead of building and copying 19x larger int64 arrays every step."""
-        device = torch.device("cpu") if device is None else torch.device(device)
-        if kind == "mask" and device.type == "cuda":
-            if self._ids_on is None or self._ids_on.device != device:
-                self._ids_on = torch.from_numpy(self.mask_ids).to(device)
-            return one_hot_torch(self._ids_on[idx.to(device)])
-        return {"text": self.token_batch, "mask": self.mask_batch}[kind](idx).to(device)
+        """The encoder input of a modality kind ("text" or "mask") for the samples `idx`, on `device`."""
+        if kind == "mask":
+            return self.mask_batch(idx, device)
+        return self.token_batch(idx).to("cpu" if device is None else device)
 
     def random_indices(self, gen: torch.Generator, batch: int) -> torch.Tensor:
         return torch.randint(len(self), (batch,), generator=gen)
