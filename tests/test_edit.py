@@ -77,6 +77,7 @@ def test_edit_bad_inputs(tiny_bundle, face, tmp_path):
         (["--image", tiny], "too small"),
         (["--alpha", "abc"], "--alpha"),
         (["--load-state", tmp_path], "edit state"),
+        (["--eta", "-0.5"], "--eta -0.5"),
     ]
     for extra, needle in cases:
         out = tmp_path / "out.png"

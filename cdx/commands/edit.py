@@ -51,6 +51,8 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
     for flag, v in (("--embed-steps", embed_steps), ("--finetune-steps", finetune_steps), ("--steps", steps)):
         if v < (0 if flag != "--steps" else 1):
             raise InputError(f"{flag} {v}: out of range")
+    if eta is not None and eta < 0:
+        raise InputError(f"--eta {eta}: out of range (eta >= 0)")
     if text is None and mask is None and load_state is None:
         raise InputError("give --text, --mask or both (the target of the edit)")
     if mask is not None:
