@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from cdx.cli import main
-from cdx.errors import StaleArtifactError
+from cdx.errors import InputError, StaleArtifactError
 from cdx.models.autoencoder import Autoencoder, AutoencoderConfig
 from cdx.models.bundle import load_bundle, read_manifest
 from cdx.models.collab import encoder_for
@@ -320,6 +320,20 @@ def test_train_stages_assemble_and_run(faces, tmp_path):
                                   "--mask", str(mask), "--steps", "2", "--out", str(out)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert np.asarray(Image.open(out)).shape == (32, 32, 3)
+
+    # sampling defaults in the bundle: the official shaping on the mask, guidance of a cond-drop collaborator
+    assemble(cfg, work, tmp_path / "guided", shaping=True, guidance={"text": 2.0})
+    g = load_bundle(tmp_path / "guided").cfg
+    assert g.shaping and (g.modality("mask").decay, g.modality("mask").influence_scale) == ("cosine", 2.0)
+    assert g.modality("text").guidance == 2.0 and g.modality("text").decay == "none"
+    r = CliRunner().invoke(main, ["run", "--backend", "torch", "--checkpoint", str(tmp_path / "guided"), "--text",
+                                  CAPTION, "--mask", str(mask), "--steps", "2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    # a collaborator trained without condition dropout has no unconditional prediction to guide with
+    train_collaborator(cfg, "mask", faces, quick(steps=1), CollabConfig(), work)
+    with pytest.raises(InputError, match="trained without condition dropout"):
+        assemble(cfg, work, tmp_path / "bad", guidance={"mask": 2.0})
+    assert not (tmp_path / "bad").exists()
 
     # a retrained autoencoder makes the collaborators stale: assembling refuses, naming the fix
     train_vae(cfg, faces, dataclasses.replace(tc, seed=1), VaeConfig(scale_images=8), work)

@@ -49,3 +49,24 @@ def grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
 def checkpoint_option(f):
     return click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
                         help="Checkpoint bundle folder (default: the model shipped with cdx).")(f)
+
+
+def guidance_option(f):
+    return click.option("--guidance", "guidance", multiple=True, metavar="MODALITY=SCALE",
+                        help="Classifier-free guidance scale of a collaborator, e.g. text=3 (repeatable; "
+                             "default: the model's, 1 = none; needs a collaborator trained with --cond-drop).")(f)
+
+
+def parse_guidance(values) -> dict[str, float]:
+    """('text=3', ...) -> {'text': 3.0}; a malformed or negative entry is a one-line error."""
+    out = {}
+    for v in values:
+        name, sep, scale = str(v).partition("=")
+        try:
+            s = float(scale)
+        except ValueError:
+            s = None
+        if not sep or not name or s is None or not s >= 0 or s == float("inf"):
+            raise InputError(f"--guidance {v}: expected MODALITY=SCALE with a scale >= 0, e.g. text=3")
+        out[name] = s
+    return out

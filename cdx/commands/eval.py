@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..cli import friendly, main
-from .common import checkpoint_option
+from .common import checkpoint_option, guidance_option, parse_guidance
 
 
 def _check_writable(path: Path | None, flag: str) -> None:
@@ -26,6 +26,8 @@ def _check_writable(path: Path | None, flag: str) -> None:
 @click.option("--steps", type=int, default=50, show_default=True)
 @click.option("--batch", type=int, default=16, show_default=True)
 @click.option("--eta", type=float, default=None, help="DDIM eta (default: the model's, 0 unless its bundle says).")
+@guidance_option
+@click.option("--shaping/--no-shaping", default=None, help="Official influence shaping (default: the model's).")
 @click.option("--n-ref", type=int, default=1024, show_default=True, help="Real faces for the FD reference.")
 @click.option("--methods", default="all", show_default=True,
               help="Comma-separated: collaborative, composable, no_spatial, no_temporal, text_only, mask_only.")
@@ -34,8 +36,11 @@ def _check_writable(path: Path | None, flag: str) -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 @click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None)
 @friendly
-def eval_(checkpoint, backend, device, n, seed, steps, batch, eta, n_ref, methods, eval_nets, json_path, md_path):
+def eval_(checkpoint, backend, device, n, seed, steps, batch, eta, guidance, shaping, n_ref, methods, eval_nets,
+          json_path, md_path):
     """Score the methods on synthetic test faces: FD (lower is better), text acc, mask acc."""
+    import dataclasses
+
     from tqdm import tqdm
 
     from ..defaults import default_checkpoint
@@ -52,10 +57,11 @@ def eval_(checkpoint, backend, device, n, seed, steps, batch, eta, n_ref, method
         raise InputError(f"--methods: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(METHODS)}")
     if n < 2 or n_ref < 2 or batch < 1 or steps < 1:
         raise InputError("--n and --n-ref must be >= 2, --batch and --steps >= 1")
+    guidance = parse_guidance(guidance)
     _check_writable(json_path, "--json")
     _check_writable(md_path, "--markdown")
     nets = load_eval_nets(eval_nets)
-    runner, desc = make_runner(backend, checkpoint or default_checkpoint(), None, device,
+    runner, desc = make_runner(backend, checkpoint or default_checkpoint(), None, device, guidance=guidance,
                                progress=lambda name: click.echo(f"exporting {name} to ONNX (first use)", err=True))
     click.echo(desc, err=True)
     kinds = {m.kind for m in runner.cfg.modalities}
@@ -68,8 +74,9 @@ def eval_(checkpoint, backend, device, n, seed, steps, batch, eta, n_ref, method
     eta = runner.cfg.eta if eta is None else eta
     if not 0.0 <= eta <= 1.0:
         raise InputError(f"--eta must be in [0, 1], got {eta}")
+    cfg = runner.cfg if shaping is None else dataclasses.replace(runner.cfg, shaping=shaping)
     with tqdm(total=len(chosen) * -(-n // batch), desc="generating", unit="batch", leave=False) as bar:
-        result = evaluate(runner, runner.cfg, n=n, seed=seed, steps=steps, methods=chosen, batch=batch, nets=nets,
+        result = evaluate(runner, cfg, n=n, seed=seed, steps=steps, methods=chosen, batch=batch, nets=nets,
                           n_ref=n_ref, progress=lambda msg: bar.update(1), eta=eta)
     result["backend"] = desc
     table = markdown_table(result)

@@ -7,7 +7,7 @@ import click
 import torch
 
 from ..cli import friendly, main
-from .common import check_output_path, checkpoint_option, grid, save_image
+from .common import check_output_path, checkpoint_option, grid, guidance_option, parse_guidance, save_image
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -27,6 +27,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 @click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True)
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--shaping/--no-shaping", default=None, help="Official influence shaping (default: the model's).")
+@guidance_option
 @click.option("--save-influence", type=click.Path(path_type=Path), default=None,
               help="PNG grid of the influence maps per modality over the steps.")
 @click.option("--device", default=None, help="cpu or cuda (torch backend).")
@@ -35,8 +36,8 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 @click.option("--cuda-graph/--no-cuda-graph", default=None,
               help="Replay each denoising step from a CUDA graph (default: on for CUDA devices).")
 @friendly
-def run(text, mask, out, checkpoint, backend, engine_dir, seed, steps, eta, sampler, batch, shaping, save_influence,
-        device, dtype, cuda_graph):
+def run(text, mask, out, checkpoint, backend, engine_dir, seed, steps, eta, sampler, batch, shaping, guidance,
+        save_influence, device, dtype, cuda_graph):
     """Generate faces that follow a caption and a mask."""
     from ..defaults import default_checkpoint
     from ..engine.backends import make_runner
@@ -51,6 +52,7 @@ def run(text, mask, out, checkpoint, backend, engine_dir, seed, steps, eta, samp
                             ("--eta", eta, eta is None or eta >= 0)):
         if not ok:
             raise InputError(f"{flag} {value}: out of range (steps and batch >= 1, eta >= 0)")
+    guidance = parse_guidance(guidance)
     if mask is not None:
         load_label_map(mask)  # refuse a bad mask before any model is loaded
     check_output_path(out)
@@ -59,7 +61,7 @@ def run(text, mask, out, checkpoint, backend, engine_dir, seed, steps, eta, samp
     ckpt = checkpoint if checkpoint is not None or engine_dir is not None else default_checkpoint()
     on_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     dt = DTYPES[dtype or ("fp16" if on_cuda else "fp32")]
-    runner, desc = make_runner(backend, ckpt, engine_dir, device, dt,
+    runner, desc = make_runner(backend, ckpt, engine_dir, device, dt, guidance=guidance,
                                progress=lambda n: click.echo(f"exporting {n} to ONNX (first use)", err=True))
     click.echo(desc, err=True)
     req.validate(runner.cfg)

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from ..cli import friendly, main
+from .common import guidance_option, parse_guidance
 
 # Per stage: defaults for --steps/--batch/--lr/warm-up, and the share of `train all --max-minutes`.
 STAGES = {
@@ -154,14 +155,18 @@ def diffusers_cmd(**o):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
 @click.option("--eta", type=float, default=0.0, show_default=True,
               help="The DDIM eta the bundle asks `cdx run`/`eval`/`edit` to sample with by default.")
+@click.option("--shaping/--no-shaping", default=False, show_default=True,
+              help="Sample with the official influence shaping by default (mask weight decayed by cos(t), scaled 2).")
+@guidance_option
 @friendly
-def assemble_cmd(work, preset, out, eta):
+def assemble_cmd(work, preset, out, eta, shaping, guidance):
     """Stage 4: the trained parts -> one fp16 checkpoint bundle."""
     from ..errors import InputError
 
     if not 0.0 <= eta <= 1.0:
         raise InputError(f"--eta must be in [0, 1], got {eta}")
-    click.echo(f"wrote {out} (bundle {_assemble(work, preset, out, eta)[:12]})")
+    h = _assemble(work, preset, out, eta, shaping, parse_guidance(guidance))
+    click.echo(f"wrote {out} (bundle {h[:12]})")
 
 
 @train.command("all")
@@ -213,7 +218,7 @@ def _preset(name: str):
         raise InputError(str(e.args[0])) from None
 
 
-def _assemble(work, preset_name, out, eta: float = 0.0) -> str:
+def _assemble(work, preset_name, out, eta: float = 0.0, shaping: bool = False, guidance=None) -> str:
     from ..train.assemble import assemble
 
-    return assemble(_preset(preset_name), work, out, eta=eta)
+    return assemble(_preset(preset_name), work, out, eta=eta, shaping=shaping, guidance=guidance)

@@ -33,7 +33,9 @@ def edited_runner(model, state, backend: str, engine_dir: Path | None):
 
         runner = TensorRTRunner(engine_dir)
         for n, weights in state.unets.items():
-            runner.refit(f"{n}_unet", weights)  # refuses engines built without --refittable
+            # a guided collaborator is exported as GuidedUNet, which holds the UNet as `unet`
+            prefix = "unet." if runner.cfg.modality(n).guidance != 1.0 else ""
+            runner.refit(f"{n}_unet", {prefix + k: v for k, v in weights.items()})  # needs --refittable
         yield runner, f"backend: tensorrt on {engine_dir} (collaborators refitted)"
         return
     from ..export.onnx_export import export_bundle

@@ -40,6 +40,9 @@ class TorchRunner:
                     for norm in net.modules():  # GroupNorm32 normalises an fp32 copy: fp32 parameters
                         if isinstance(norm, GroupNorm32):
                             norm.float()
+        for m in model.cfg.modalities:  # a guided collaborator's null context: made now, never inside a capture
+            if m.guidance != 1.0:
+                self._module(f"{m.name}_unet")
 
     def _module(self, name: str):
         if name not in self._modules:

@@ -108,7 +108,8 @@ def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, step
             if progress is not None:
                 progress(f"{m}: {hi}/{n}")
     result = {"n": n, "seed": seed, "steps": int(table.num_steps), "sampler": "ddim", "eta": eta,
-              "n_ref": max(n_ref, 2),
+              "n_ref": max(n_ref, 2), "shaping": bool(cfg.shaping),
+              "guidance": {m.name: m.guidance for m in cfg.modalities},
               "real": score(nets, faces["images"], faces, ref_features), "methods": {}}
     for m in names:
         result["methods"][m] = {**score(nets, np.concatenate(images[m]), faces, ref_features),
@@ -118,8 +119,10 @@ def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, step
 
 def markdown_table(result: dict) -> str:
     """Rows = methods (and the real test faces), columns = FD (lower is better), text acc, mask acc."""
+    guided = ", ".join(f"{k} {v:g}" for k, v in result.get("guidance", {}).items() if v != 1.0)
     lines = [f"n = {result['n']}, {result['steps']} DDIM steps (eta {result.get('eta', 0.0):g}), "
-             f"seed {result['seed']}, FD against "
+             f"official shaping {'on' if result.get('shaping') else 'off'}, "
+             f"guidance {guided or 'none'}, seed {result['seed']}, FD against "
              f"{result['n_ref']} real synthetic faces", "",
              "| method | FD (lower better) | text acc | mask acc |", "| --- | ---: | ---: | ---: |"]
     rows = list(result["methods"].items()) + [("real test faces (ceiling)", result["real"])]

@@ -50,4 +50,20 @@ class CollaborativeModel(nn.Module):
         table = {"encoder": self.encoders, "unet": self.unets, "diffuser": self.diffusers}.get(part)
         if table is None or mod not in table:
             raise KeyError(f"no network named {name!r}")
+        if part == "unet" and self.cfg.modality(mod).guidance != 1.0:
+            return self._guided(mod)
         return table[mod]
+
+    def _guided(self, name: str) -> nn.Module:
+        """The collaborator with classifier-free guidance (cdx.models.guidance), made once per UNet object,
+        device and scale (an edit's fine-tuned copy or a move to the GPU gets a fresh one)."""
+        from .guidance import guided
+
+        m = self.cfg.modality(name)
+        unet = self.unets[name]
+        key = (id(unet), next(unet.parameters()).device, m.guidance)
+        cache = self.__dict__.setdefault("_guided_cache", {})
+        hit = cache.get(name)
+        if hit is None or hit[0] != key or hit[1].unet is not unet:
+            cache[name] = (key, guided(unet, self.encoders[name], m.kind, m.guidance))
+        return cache[name][1]

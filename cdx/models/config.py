@@ -28,6 +28,9 @@ class ModalityConfig:
     # Official influence shaping: the decay k(t) applied to this modality's weight and its scale.
     decay: str = "none"  # "cosine" or "none"
     influence_scale: float = 1.0
+    # Classifier-free guidance scale of this collaborator (cdx.models.guidance): 1 = none, the official
+    # presets' setting; above 1 only for a collaborator trained with condition dropout.
+    guidance: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,6 @@ class ModelConfig:
     linear_start: float = 0.0015
     linear_end: float = 0.0195
     shaping: bool = True  # official shaping on by default for the official presets
-    guidance_scale: float = 1.0
     # The DDIM eta `cdx run`/`eval`/`edit` use unless told otherwise: 0 (deterministic, the official
     # models' setting); a bundle may ask for more noise when its high-noise predictions are imprecise.
     eta: float = 0.0
@@ -64,6 +66,15 @@ class ModelConfig:
         idx = [i for i, m in enumerate(self.modalities) if m.decay == "none"]
         return idx[-1] if idx else len(self.modalities) - 1
 
+    def with_guidance(self, scales: dict[str, float]) -> "ModelConfig":
+        """This config with the guidance scales of the named modalities replaced."""
+        unknown = sorted(set(scales) - {m.name for m in self.modalities})
+        if unknown:
+            raise KeyError(f"no modality named {', '.join(unknown)}")
+        mods = tuple(dataclasses.replace(m, guidance=float(scales[m.name])) if m.name in scales else m
+                     for m in self.modalities)
+        return dataclasses.replace(self, modalities=mods)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -76,9 +87,10 @@ class ModelConfig:
                 unet=UNetConfig.from_dict(m["unet"]), diffuser=UNetConfig.from_dict(m["diffuser"]),
                 text=TextEncoderConfig.from_dict(m["text"]) if m.get("text") else None,
                 context_dim=m["context_dim"], decay=m.get("decay", "none"),
-                influence_scale=float(m.get("influence_scale", 1.0)),
+                influence_scale=float(m.get("influence_scale", 1.0)), guidance=float(m.get("guidance", 1.0)),
             ))
-        rest = {k: v for k, v in d.items() if k not in ("modalities", "autoencoder")}
+        # "guidance_scale": a model-wide field of earlier bundles that nothing read (always 1)
+        rest = {k: v for k, v in d.items() if k not in ("modalities", "autoencoder", "guidance_scale")}
         rest["latent_size"] = tuple(rest["latent_size"])
         return cls(modalities=tuple(mods), autoencoder=AutoencoderConfig.from_dict(d["autoencoder"]), **rest)
 

@@ -1,5 +1,6 @@
 """Stage 4: the trained parts -> one checkpoint bundle (fp16), with the VAE's scale factor in the
-config, influence shaping off (this is not the official model), and the training provenance."""
+config, the sampling defaults (eta, the official influence shaping or none, classifier-free guidance
+scales) and the training provenance."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 from ..models.bundle import file_sha256, save_bundle
 from ..models.collab import CollaborativeModel
 from ..models.config import ModelConfig
@@ -17,12 +19,34 @@ from .collaborator import load_collaborator
 from .diffusers import load_diffusers
 
 
+# The official sampler's default influence shaping (golden README): the mask's weight decays as
+# cos over t and is scaled by 2 (seg_mask_scale_factor); the text modality takes what it gives up.
+OFFICIAL_SHAPING = {"mask": {"decay": "cosine", "influence_scale": 2.0}}
+
+
+def sampling_config(cfg: ModelConfig, eta: float = 0.0, shaping: bool = False,
+                    guidance: dict[str, float] | None = None) -> ModelConfig:
+    """`cfg` with the bundle's sampling defaults: eta, official shaping on the mask modalities or none."""
+    mods = []
+    for m in cfg.modalities:
+        shape = OFFICIAL_SHAPING.get(m.kind, {}) if shaping else {}
+        mods.append(dataclasses.replace(m, decay=shape.get("decay", "none"),
+                                        influence_scale=shape.get("influence_scale", 1.0)))
+    cfg = dataclasses.replace(cfg, modalities=tuple(mods), shaping=bool(shaping), eta=float(eta))
+    return cfg.with_guidance(guidance or {})
+
+
 def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
-             dtype: torch.dtype = torch.float16, eta: float = 0.0) -> str:
-    """Build the model from `work`'s stage outputs and save it as a bundle at `out`; returns its hash."""
+             dtype: torch.dtype = torch.float16, eta: float = 0.0, shaping: bool = False,
+             guidance: dict[str, float] | None = None) -> str:
+    """Build the model from `work`'s stage outputs and save it as a bundle at `out`; returns its hash.
+    A guidance scale other than 1 needs a collaborator trained with condition dropout."""
     work = Path(work)
+    unknown = sorted(set(guidance or {}) - {m.name for m in cfg.modalities})
+    if unknown:
+        raise InputError(f"--guidance: no modality named {', '.join(unknown)} in preset {cfg.preset}")
     vae, vmeta = load_vae(cfg, work)
-    cfg = dataclasses.replace(cfg, scale_factor=float(vmeta["scale_factor"]), shaping=False, eta=float(eta))
+    cfg = dataclasses.replace(sampling_config(cfg, eta, shaping, guidance), scale_factor=float(vmeta["scale_factor"]))
     model = CollaborativeModel(cfg)
     model.vae.load_state_dict(vae.state_dict(), strict=True)
     stages = {"vae": _summary(vmeta, work / "vae.safetensors")}
@@ -31,6 +55,9 @@ def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
         model.unets[m.name].load_state_dict(net["unet"].state_dict(), strict=True)
         model.encoders[m.name].load_state_dict(net["encoder"].state_dict(), strict=True)
         stages[f"collaborator:{m.name}"] = _summary(meta, work / f"collab_{m.name}.safetensors")
+        if m.guidance != 1.0 and not (meta.get("collab") or {}).get("cond_drop", 0.0) > 0:
+            raise InputError(f"--guidance {m.name}={m.guidance:g}: collab_{m.name}.safetensors was trained without "
+                             f"condition dropout, so it has no unconditional prediction; train it with --cond-drop")
     diffs, dmeta = load_diffusers(cfg, work)
     for m in cfg.modalities:
         model.diffusers[m.name].load_state_dict(diffs[m.name], strict=True)

@@ -20,7 +20,7 @@ from ..engine.schedule import alphas_cumprod, linear_betas
 from ..models.bundle import file_sha256
 from ..models.collab import encoder_for
 from ..models.config import ModelConfig
-from ..models.tokenizer import Tokenizer
+from ..models.guidance import null_condition as guidance_null
 from ..models.unet import ResBlock, SpatialTransformer, UNet
 from .autoencoder import jsonable, load_latents
 from .data import FaceSet
@@ -39,6 +39,14 @@ class CollabConfig:
     # of Salimans & Ho 2022 (the x0 error where SNR < 1). Between, it makes the small high-t eps errors,
     # which DDIM amplifies by 1 / sqrt(SNR), count early in a short training.
     snr_weight_power: float = 0.0
+
+
+SAMPLING_FIELDS = ("decay", "influence_scale", "guidance")  # how the model is sampled, not what is trained
+
+
+def modality_record(m) -> dict:
+    """The modality's training-relevant config as stored in (and checked against) the stage manifest."""
+    return {k: v for k, v in jsonable(asdict(m)).items() if k not in SAMPLING_FIELDS}
 
 
 def schedule(cfg: ModelConfig, device="cpu") -> torch.Tensor:
@@ -87,11 +95,8 @@ def zero_init(unet: UNet) -> UNet:
 
 
 def null_condition(kind: str, like: torch.Tensor) -> torch.Tensor:
-    """The condition classifier-free guidance drops to: the empty caption, or an all-zero one-hot."""
-    if kind == "text":
-        ids, _ = Tokenizer().encode([""])
-        return torch.from_numpy(ids).to(like.device).expand_as(like).clone()
-    return torch.zeros_like(like)
+    """The condition classifier-free guidance drops to (cdx.models.guidance), shaped and placed as `like`."""
+    return guidance_null(kind).to(device=like.device, dtype=like.dtype).expand_as(like).clone()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +129,7 @@ def train_collaborator(cfg: ModelConfig, name: str, data: FaceSet, tc: TrainConf
         return eps_loss(net["unet"], net["encoder"], latents[idx].to(device), cond, t.to(device),
                         noise.to(device), acp, cc.snr_weight_power)
 
-    meta = {"stage": "collaborator", "modality": jsonable(asdict(m)), "vae_sha256": lmeta["vae_sha256"],
+    meta = {"stage": "collaborator", "modality": modality_record(m), "vae_sha256": lmeta["vae_sha256"],
             "data": data.fingerprint}
     if init:
         meta["init_from"] = init
@@ -145,7 +150,8 @@ def load_collaborator(cfg: ModelConfig, name: str, work: str | os.PathLike,
     path = work / f"collab_{name}.safetensors"
     m = cfg.modality(name)
     state, meta = load_stage(path, "collaborator", rebuild_cmd(name))
-    check_same(path, "modality config", meta.get("modality"), jsonable(asdict(m)), rebuild_cmd(name))
+    stored = {k: v for k, v in (meta.get("modality") or {}).items() if k not in SAMPLING_FIELDS}
+    check_same(path, "modality config", stored, modality_record(m), rebuild_cmd(name))
     check_same(path, "autoencoder (vae.safetensors changed since)", meta.get("vae_sha256"),
                file_sha256(work / "vae.safetensors"), rebuild_cmd(name))
     net = nn.ModuleDict({"unet": UNet(m.unet), "encoder": encoder_for(m)})
