@@ -430,3 +430,27 @@ def test_train_cli_errors_are_one_line(tmp_path, argv, message):
     assert r.exit_code == 2, r.output
     assert message in r.output and "Traceback" not in r.output
     assert len([ln for ln in r.output.splitlines() if ln.startswith("error:")]) == 1
+
+
+def test_train_collaborator_manifest_ignores_sampling_settings(faces, tmp_path):
+    """Shaping and guidance are how a model is sampled: changing them (or reading a manifest written before
+    `guidance` existed) must not make a trained collaborator stale; its architecture still must match."""
+    from cdx.train.collaborator import load_collaborator
+    from cdx.train.loop import load_stage, save_stage
+
+    cfg, work = micro_config(), tmp_path / "work"
+    tc = quick(steps=1)
+    train_vae(cfg, faces, tc, VaeConfig(scale_images=8), work)
+    train_collaborator(cfg, "text", faces, tc, CollabConfig(cond_drop=0.5), work)
+    path = work / "collab_text.safetensors"
+    state, meta = load_stage(path, "collaborator", "x")
+    assert not {"decay", "influence_scale", "guidance"} & set(meta["modality"])
+    older = {**meta, "modality": {**meta["modality"], "decay": "none", "influence_scale": 1.0}}
+    save_stage(path, state, older)
+    sampled = cfg.with_guidance({"text": 3.0})
+    net, _ = load_collaborator(sampled, "text", work)
+    assert torch.equal(net["unet"].out[-1].weight, state["unet.out.2.weight"])
+    wider = dataclasses.replace(cfg, modalities=(cfg.modalities[0], dataclasses.replace(
+        cfg.modalities[1], context_dim=48)))
+    with pytest.raises(StaleArtifactError, match="different modality config"):
+        load_collaborator(wider, "text", work)
