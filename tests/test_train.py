@@ -326,6 +326,8 @@ def test_train_stages_assemble_and_run(faces, tmp_path):
     g = load_bundle(tmp_path / "guided").cfg
     assert g.shaping and (g.modality("mask").decay, g.modality("mask").influence_scale) == ("cosine", 2.0)
     assert g.modality("text").guidance == 2.0 and g.modality("text").decay == "none"
+    assemble(cfg, work, tmp_path / "boosted", shaping=True, shaping_scale=8.0)
+    assert load_bundle(tmp_path / "boosted").cfg.modality("mask").influence_scale == 8.0
     r = CliRunner().invoke(main, ["run", "--backend", "torch", "--checkpoint", str(tmp_path / "guided"), "--text",
                                   CAPTION, "--mask", str(mask), "--steps", "2", "--out", str(out)])
     assert r.exit_code == 0, r.output
@@ -424,6 +426,8 @@ def test_train_cli_all_then_run(tmp_path):
     (["train", "vae", "--preset", "huge"], "unknown preset"),
     (["train", "vae", "--steps", "0"], "--steps must be >= 1"),
     (["train", "collaborator", "--modality", "text", "--cond-drop", "1.5"], "--cond-drop must be in [0, 1)"),
+    (["train", "assemble", "--out", "b", "--shaping-scale", "4"], "--shaping-scale needs --shaping"),
+    (["train", "assemble", "--out", "b", "--guidance", "text"], "expected MODALITY=SCALE"),
 ])
 def test_train_cli_errors_are_one_line(tmp_path, argv, message):
     r = CliRunner().invoke(main, [*argv, "--work", str(tmp_path / "w")])

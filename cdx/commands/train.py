@@ -157,15 +157,19 @@ def diffusers_cmd(**o):
               help="The DDIM eta the bundle asks `cdx run`/`eval`/`edit` to sample with by default.")
 @click.option("--shaping/--no-shaping", default=False, show_default=True,
               help="Sample with the official influence shaping by default (mask weight decayed by cos(t), scaled 2).")
+@click.option("--shaping-scale", type=float, default=None,
+              help="With --shaping: the mask's boost factor (the official seg_mask_scale_factor, 2 by default).")
 @guidance_option
 @friendly
-def assemble_cmd(work, preset, out, eta, shaping, guidance):
+def assemble_cmd(work, preset, out, eta, shaping, shaping_scale, guidance):
     """Stage 4: the trained parts -> one fp16 checkpoint bundle."""
     from ..errors import InputError
 
     if not 0.0 <= eta <= 1.0:
         raise InputError(f"--eta must be in [0, 1], got {eta}")
-    h = _assemble(work, preset, out, eta, shaping, parse_guidance(guidance))
+    if shaping_scale is not None and not (shaping and 0 < shaping_scale < float("inf")):
+        raise InputError(f"--shaping-scale needs --shaping and a value > 0, got {shaping_scale}")
+    h = _assemble(work, preset, out, eta, shaping, parse_guidance(guidance), shaping_scale)
     click.echo(f"wrote {out} (bundle {h[:12]})")
 
 
@@ -218,7 +222,9 @@ def _preset(name: str):
         raise InputError(str(e.args[0])) from None
 
 
-def _assemble(work, preset_name, out, eta: float = 0.0, shaping: bool = False, guidance=None) -> str:
+def _assemble(work, preset_name, out, eta: float = 0.0, shaping: bool = False, guidance=None,
+              shaping_scale=None) -> str:
     from ..train.assemble import assemble
 
-    return assemble(_preset(preset_name), work, out, eta=eta, shaping=shaping, guidance=guidance)
+    return assemble(_preset(preset_name), work, out, eta=eta, shaping=shaping, guidance=guidance,
+                    shaping_scale=shaping_scale)

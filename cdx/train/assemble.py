@@ -25,20 +25,21 @@ OFFICIAL_SHAPING = {"mask": {"decay": "cosine", "influence_scale": 2.0}}
 
 
 def sampling_config(cfg: ModelConfig, eta: float = 0.0, shaping: bool = False,
-                    guidance: dict[str, float] | None = None) -> ModelConfig:
-    """`cfg` with the bundle's sampling defaults: eta, official shaping on the mask modalities or none."""
+                    guidance: dict[str, float] | None = None, shaping_scale: float | None = None) -> ModelConfig:
+    """`cfg` with the bundle's sampling defaults: eta, the official shaping on the mask modalities (with
+    `shaping_scale` instead of the official factor 2 when given) or none, guidance scales."""
     mods = []
     for m in cfg.modalities:
         shape = OFFICIAL_SHAPING.get(m.kind, {}) if shaping else {}
-        mods.append(dataclasses.replace(m, decay=shape.get("decay", "none"),
-                                        influence_scale=shape.get("influence_scale", 1.0)))
+        scale = shape.get("influence_scale", 1.0) if shaping_scale is None or not shape else float(shaping_scale)
+        mods.append(dataclasses.replace(m, decay=shape.get("decay", "none"), influence_scale=scale))
     cfg = dataclasses.replace(cfg, modalities=tuple(mods), shaping=bool(shaping), eta=float(eta))
     return cfg.with_guidance(guidance or {})
 
 
 def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
              dtype: torch.dtype = torch.float16, eta: float = 0.0, shaping: bool = False,
-             guidance: dict[str, float] | None = None) -> str:
+             guidance: dict[str, float] | None = None, shaping_scale: float | None = None) -> str:
     """Build the model from `work`'s stage outputs and save it as a bundle at `out`; returns its hash.
     A guidance scale other than 1 needs a collaborator trained with condition dropout."""
     work = Path(work)
@@ -46,7 +47,7 @@ def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
     if unknown:
         raise InputError(f"--guidance: no modality named {', '.join(unknown)} in preset {cfg.preset}")
     vae, vmeta = load_vae(cfg, work)
-    cfg = dataclasses.replace(sampling_config(cfg, eta, shaping, guidance), scale_factor=float(vmeta["scale_factor"]))
+    cfg = dataclasses.replace(sampling_config(cfg, eta, shaping, guidance, shaping_scale), scale_factor=float(vmeta["scale_factor"]))
     model = CollaborativeModel(cfg)
     model.vae.load_state_dict(vae.state_dict(), strict=True)
     stages = {"vae": _summary(vmeta, work / "vae.safetensors")}
