@@ -30,9 +30,9 @@ STATE_FORMAT = "cdx-edit-state"
 
 @dataclass
 class EditConfig:
-    embed_steps: int = 200  # (a) optimisation steps of the condition embedding
-    embed_lr: float = 1e-3
-    finetune_steps: int = 200  # (b) fine-tuning steps of each collaborator
+    embed_steps: int = 100  # (a) optimisation steps of the condition embedding
+    embed_lr: float = 1e-2
+    finetune_steps: int = 10  # (b) fine-tuning steps of each collaborator (`cdx edit`'s defaults)
     finetune_lr: float = 1e-4
     batch: int = 4  # timesteps drawn per optimisation step
     seed: int = 0
