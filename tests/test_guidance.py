@@ -86,6 +86,7 @@ def test_runtime_guidance_overrides_the_bundle_and_has_its_own_export(tiny_bundl
 
     make_runner("onnxruntime", tiny_bundle)
     make_runner("onnxruntime", tiny_bundle, guidance={"text": 4.0})
+    make_runner("onnxruntime", tiny_bundle, guidance={"text": 1.0})  # the bundle's own scale: its export
     folders = sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir())
     assert len(folders) == 2 and folders[1] == folders[0] + "-text4"
 

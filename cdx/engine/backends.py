@@ -18,6 +18,12 @@ def cached_export(checkpoint: Path, progress=None, guidance: dict[str, float] | 
     from ..export.onnx_export import export_bundle
 
     digest = bundle_hash(checkpoint)
+    if guidance:  # scales equal to the bundle's own are no override: they share its export
+        from ..models.bundle import read_manifest
+        from ..models.config import ModelConfig
+
+        own = {m.name: m.guidance for m in ModelConfig.from_dict(read_manifest(checkpoint)["config"]).modalities}
+        guidance = {n: s for n, s in guidance.items() if own.get(n) != s}
     key = digest[:24] + "".join(f"-{n}{s:g}" for n, s in sorted((guidance or {}).items()))
     folder = cache_dir() / "onnx" / key
     if not (folder / "manifest.json").is_file():
