@@ -47,8 +47,8 @@ def _guided_cfg(cfg, guidance: dict[str, float] | None):
 
 def _check_guidance(runner, guidance: dict[str, float] | None, where: Path) -> None:
     """An export or engine folder has its guidance built in: refuse a request for other scales."""
+    have = {m.name: m.guidance for m in runner.cfg.modalities}
     for name, scale in (guidance or {}).items():
-        have = {m.name: m.guidance for m in runner.cfg.modalities}
         if name not in have:
             raise CdxError(f"--guidance: no modality named {name} in {where}")
         if have[name] != scale:

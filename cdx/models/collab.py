@@ -61,9 +61,9 @@ class CollaborativeModel(nn.Module):
 
         m = self.cfg.modality(name)
         unet = self.unets[name]
-        key = (id(unet), next(unet.parameters()).device, m.guidance)
         cache = self.__dict__.setdefault("_guided_cache", {})
         hit = cache.get(name)
-        if hit is None or hit[0] != key or hit[1].unet is not unet:
-            cache[name] = (key, guided(unet, self.encoders[name], m.kind, m.guidance))
-        return cache[name][1]
+        if hit is None or hit.unet is not unet or hit.scale != m.guidance or hit.null.device != \
+                next(unet.parameters()).device:
+            cache[name] = guided(unet, self.encoders[name], m.kind, m.guidance)
+        return cache[name]

@@ -43,11 +43,12 @@ def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
     """Build the model from `work`'s stage outputs and save it as a bundle at `out`; returns its hash.
     A guidance scale other than 1 needs a collaborator trained with condition dropout."""
     work = Path(work)
-    unknown = sorted(set(guidance or {}) - {m.name for m in cfg.modalities})
-    if unknown:
-        raise InputError(f"--guidance: no modality named {', '.join(unknown)} in preset {cfg.preset}")
+    try:  # before any stage output is read
+        sampled = sampling_config(cfg, eta, shaping, guidance, shaping_scale)
+    except KeyError as e:
+        raise InputError(f"--guidance: {e.args[0]} in preset {cfg.preset}") from None
     vae, vmeta = load_vae(cfg, work)
-    cfg = dataclasses.replace(sampling_config(cfg, eta, shaping, guidance, shaping_scale), scale_factor=float(vmeta["scale_factor"]))
+    cfg = dataclasses.replace(sampled, scale_factor=float(vmeta["scale_factor"]))
     model = CollaborativeModel(cfg)
     model.vae.load_state_dict(vae.state_dict(), strict=True)
     stages = {"vae": _summary(vmeta, work / "vae.safetensors")}

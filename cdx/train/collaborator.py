@@ -45,8 +45,10 @@ SAMPLING_FIELDS = ("decay", "influence_scale", "guidance")  # how the model is s
 
 
 def modality_record(m) -> dict:
-    """The modality's training-relevant config as stored in (and checked against) the stage manifest."""
-    return {k: v for k, v in jsonable(asdict(m)).items() if k not in SAMPLING_FIELDS}
+    """The modality's training-relevant config as stored in (and checked against) the stage manifest;
+    `m` is a ModalityConfig or a manifest's stored record (older ones also hold sampling fields)."""
+    record = m if isinstance(m, dict) else jsonable(asdict(m))
+    return {k: v for k, v in record.items() if k not in SAMPLING_FIELDS}
 
 
 def schedule(cfg: ModelConfig, device="cpu") -> torch.Tensor:
@@ -150,8 +152,8 @@ def load_collaborator(cfg: ModelConfig, name: str, work: str | os.PathLike,
     path = work / f"collab_{name}.safetensors"
     m = cfg.modality(name)
     state, meta = load_stage(path, "collaborator", rebuild_cmd(name))
-    stored = {k: v for k, v in (meta.get("modality") or {}).items() if k not in SAMPLING_FIELDS}
-    check_same(path, "modality config", stored, modality_record(m), rebuild_cmd(name))
+    check_same(path, "modality config", modality_record(meta.get("modality") or {}), modality_record(m),
+               rebuild_cmd(name))
     check_same(path, "autoencoder (vae.safetensors changed since)", meta.get("vae_sha256"),
                file_sha256(work / "vae.safetensors"), rebuild_cmd(name))
     net = nn.ModuleDict({"unet": UNet(m.unet), "encoder": encoder_for(m)})
