@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from ..cli import friendly, main
+from ..train.edit import EditConfig
 from .common import check_output_path, checkpoint_option, grid, save_image
 
 
@@ -20,13 +21,10 @@ from .common import check_output_path, checkpoint_option, grid, save_image
 @click.option("--engine-dir", type=click.Path(path_type=Path), default=None, help="TensorRT engines to refit.")
 @click.option("--alpha", default="0.9", show_default=True,
               help="Interpolation towards the target condition (comma-separated list for a sweep).")
-# Defaults measured on the shipped model (README, Editing): a larger embedding step moves the optimised
-# embedding away from the target's, and a short fine-tuning keeps the face without binding the target
-# caption to it (200 fine-tuning steps reproduced the input at every alpha).
-@click.option("--embed-steps", type=int, default=100, show_default=True)
-@click.option("--embed-lr", type=float, default=1e-2, show_default=True)
-@click.option("--finetune-steps", type=int, default=10, show_default=True)
-@click.option("--finetune-lr", type=float, default=1e-4, show_default=True)
+@click.option("--embed-steps", type=int, default=EditConfig.embed_steps, show_default=True)
+@click.option("--embed-lr", type=float, default=EditConfig.embed_lr, show_default=True)
+@click.option("--finetune-steps", type=int, default=EditConfig.finetune_steps, show_default=True)
+@click.option("--finetune-lr", type=float, default=EditConfig.finetune_lr, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=50, show_default=True)
 @click.option("--eta", type=float, default=None, help="DDIM eta (default: the model's).")

@@ -30,9 +30,12 @@ STATE_FORMAT = "cdx-edit-state"
 
 @dataclass
 class EditConfig:
+    # `cdx edit`'s defaults, measured on the shipped model (README, Editing): a larger embedding step moves
+    # the optimised embedding away from the target's, and a short fine-tuning keeps the face without
+    # binding the target caption to it (200 fine-tuning steps reproduced the input at every alpha).
     embed_steps: int = 100  # (a) optimisation steps of the condition embedding
     embed_lr: float = 1e-2
-    finetune_steps: int = 10  # (b) fine-tuning steps of each collaborator (`cdx edit`'s defaults)
+    finetune_steps: int = 10  # (b) fine-tuning steps of each collaborator
     finetune_lr: float = 1e-4
     batch: int = 4  # timesteps drawn per optimisation step
     seed: int = 0
