@@ -16,6 +16,15 @@
 # Environment: OUT, PYTHON (default python3), SESSION_BUDGET_S (default 570: the whole script),
 # MASK (a label-map PNG for the `cdx run` check), DEVICE_CHECK_DRY_RUN=1 (CPU, tiny preset, seconds per
 # stage: tests this script, measures nothing).
+# Fine-tuning a trained bundle instead of training from scratch:
+#   INIT_FROM=BUNDLE   every stage starts from BUNDLE's weights (`--init-from`); the vae stage only
+#                      re-encodes the latents with BUNDLE's autoencoder
+#   DATA, DATA_SEED    the synthetic training set's size and seed
+#   VAE_MIN COL_MIN DIF_MIN CB DB COL_LR DIF_LR   each stage's minutes, batch and learning rate
+#   COL_ARGS, ASM_ARGS extra `cdx train collaborator` / `cdx train assemble` arguments
+#   EVAL_N             after assembling, `cdx eval --n EVAL_N --seed 1` (held-out conditions) on CUDA of
+#                      the new bundle and of INIT_FROM (or the shipped model), JSONs in OUT (0: none)
+#   RUN_CHECK=0, BENCH=0   skip the `cdx run` check / the benchmarks
 set -u
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,22 +46,33 @@ say() { echo "device_train [$(( $(date +%s) - START )) s]: $*" | tee -a "$LOG"; 
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 
 if [ "$DRY" = "1" ]; then  # tiny and short: this checks the script, not the model
-  PRESET=tiny DATA=600 WORKERS=2 DEV=cpu VAE_MIN=0.1 COL_MIN=0.15 DIF_MIN=0.1 VB=4 CB=8 DB=8 BENCH_S=120
+  PRESET=tiny D=(600 2 cpu 0.1 0.15 0.1 4 8 8) BENCH_S=120 EVAL_DEV=cpu
   BARGS=""
 else
-  PRESET=small DATA=48000 WORKERS=12 DEV=cuda VAE_MIN=1.3 COL_MIN=3.0 DIF_MIN=1.0 VB=32 CB=256 DB=128 BENCH_S=170
+  PRESET=small D=(48000 12 cuda 1.3 3.0 1.0 32 256 128) BENCH_S=170 EVAL_DEV=cuda
   BARGS="--batches 4 --runs 2 --variants eager-fp32,torch-fp16-graph,torch-fp16,torch-fp16-graph-loop"
   BARGS+=",torch-fp16-graph-unfused,torch-fp16-graph-streams,torch-fp16-graph-cl"
 fi
-COMMON=(--work "$W" --preset "$PRESET" --data-size "$DATA" --data-workers "$WORKERS" --seed 0 --steps 1000000
-        --device "$DEV")
+DATA=${DATA:-${D[0]}} WORKERS=${D[1]} DEV=${D[2]} VAE_MIN=${VAE_MIN:-${D[3]}} COL_MIN=${COL_MIN:-${D[4]}}
+DIF_MIN=${DIF_MIN:-${D[5]}} VB=${D[6]} CB=${CB:-${D[7]}} DB=${DB:-${D[8]}}
+COL_LR=${COL_LR:-5e-4} DIF_LR=${DIF_LR:-3e-4} DATA_SEED=${DATA_SEED:-1234}
+INIT_FROM=${INIT_FROM:-} EVAL_N=${EVAL_N:-0} RUN_CHECK=${RUN_CHECK:-1} BENCH=${BENCH:-1}
+read -r -a COL_EXTRA <<< "${COL_ARGS:-}"
+read -r -a ASM_EXTRA <<< "${ASM_ARGS:-}"
+COMMON=(--work "$W" --preset "$PRESET" --data-size "$DATA" --data-seed "$DATA_SEED" --data-workers "$WORKERS"
+        --seed 0 --steps 1000000 --device "$DEV")
+VAE_ARGS=(--batch "$VB" --lr 6e-4 --warmup 200 --ema-decay 0.999 --crop 0 --max-minutes "$VAE_MIN")
+if [ -n "$INIT_FROM" ]; then
+  COMMON+=(--init-from "$INIT_FROM")
+  VAE_ARGS=(--steps 0)  # after COMMON's --steps: the bundle's autoencoder as it is, the latents re-encoded
+fi
 TRAIN=("$PY" -m cdx train)
 
 # stage_t MINUTES [EXTRA]: a hard timeout for a stage given MINUTES of training and EXTRA s (default 60)
 # for what comes around it (making or loading the data, encoding latents, saving)
 stage_t() { "$PY" -c "import sys; print(int(float(sys.argv[1]) * 60 + float(sys.argv[2])))" "$1" "${2:-60}"; }
 
-say "repo $REPO, work $W, preset $PRESET, data $DATA, budget $BUDGET s"
+say "repo $REPO, work $W, preset $PRESET, data $DATA (seed $DATA_SEED), init ${INIT_FROM:-none}, budget $BUDGET s"
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" >> "$LOG" 2>&1
 
@@ -64,15 +84,16 @@ TESTS=$!
 
 # 2. training
 ok=1
-say "vae ($VAE_MIN min)"
-timeout --kill-after=10 "$(stage_t "$VAE_MIN" 100)" "${TRAIN[@]}" vae "${COMMON[@]}" --batch "$VB" --lr 6e-4 \
-  --warmup 200 --ema-decay 0.999 --crop 0 --max-minutes "$VAE_MIN" >> "$LOG" 2>&1 || ok=0
+say "vae (${INIT_FROM:+re-encoding only, }$VAE_MIN min)"
+timeout --kill-after=10 "$(stage_t "$VAE_MIN" 100)" "${TRAIN[@]}" vae "${COMMON[@]}" "${VAE_ARGS[@]}" \
+  >> "$LOG" 2>&1 || ok=0
 if [ "$ok" = "1" ]; then
   say "collaborators text and mask at once ($COL_MIN min)"
   pids=()
   for m in text mask; do
     timeout --kill-after=10 "$(stage_t "$COL_MIN")" "${TRAIN[@]}" collaborator --modality "$m" "${COMMON[@]}" \
-      --batch "$CB" --lr 5e-4 --warmup 500 --ema-decay 0.999 --max-minutes "$COL_MIN" > "$W/collab_$m.log" 2>&1 &
+      --batch "$CB" --lr "$COL_LR" --warmup 500 --ema-decay 0.999 --max-minutes "$COL_MIN" "${COL_EXTRA[@]}" \
+      > "$W/collab_$m.log" 2>&1 &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p" || ok=0; done
@@ -80,14 +101,25 @@ if [ "$ok" = "1" ]; then
 fi
 if [ "$ok" = "1" ]; then
   say "diffusers ($DIF_MIN min)"
-  timeout --kill-after=10 "$(stage_t "$DIF_MIN")" "${TRAIN[@]}" diffusers "${COMMON[@]}" --batch "$DB" --lr 3e-4 \
+  timeout --kill-after=10 "$(stage_t "$DIF_MIN")" "${TRAIN[@]}" diffusers "${COMMON[@]}" --batch "$DB" --lr "$DIF_LR" \
     --warmup 100 --ema-decay 0.995 --max-minutes "$DIF_MIN" >> "$LOG" 2>&1 || ok=0
 fi
 if [ "$ok" = "1" ]; then
   say "assemble"
-  timeout 120 "${TRAIN[@]}" assemble --work "$W" --preset "$PRESET" --out "$PACK/default_model" >> "$LOG" 2>&1 || ok=0
+  timeout 120 "${TRAIN[@]}" assemble --work "$W" --preset "$PRESET" --out "$PACK/default_model" "${ASM_EXTRA[@]}" \
+    >> "$LOG" 2>&1 || ok=0
 fi
-if [ "$ok" = "1" ] && [ -f "$MASK" ]; then
+if [ "$ok" = "1" ] && [ "$EVAL_N" -gt 0 ]; then  # held-out conditions (seed 1): the new bundle, then the old
+  for which in new old; do
+    B=$PACK/default_model; [ "$which" = old ] && B=${INIT_FROM:-$REPO/cdx/data/default_model}
+    if (( $(left) < 60 )); then say "eval $which: skipped (time budget spent)"; continue; fi
+    say "eval $which ($B), n $EVAL_N"
+    timeout --kill-after=10 $(( $(left) - 30 )) "$PY" -m cdx eval --checkpoint "$B" --backend torch \
+      --device "$EVAL_DEV" --n "$EVAL_N" --seed 1 --n-ref 512 --batch "$EVAL_N" --json "$OUT/eval_$which.json" \
+      >> "$LOG" 2>&1 || say "eval $which failed"
+  done
+fi
+if [ "$ok" = "1" ] && [ "$RUN_CHECK" = "1" ] && [ -f "$MASK" ]; then
   say "cdx run on $DEV with the new bundle"
   for seed in 0 1; do
     t0=$(date +%s.%N)
@@ -106,10 +138,13 @@ say "packed $(du -sh "$PACK" | cut -f1) into $(ls "$OUT" | grep -c model.tar.par
 
 # 3. benchmarks on a quiet GPU
 B=$(( $(left) - 10 ))
+if [ "$BENCH" != "1" ]; then B=0; fi
 if [ "$DRY" = "1" ]; then B=$(( B < BENCH_S ? B : BENCH_S )); fi
-say "device_check benchmarks, $B s"
-STAGES="bench_kernel bench_gpu" CHECK_BUDGET_S=$B OUT="$OUT/check" BENCH_ARGS="$BARGS" \
-  bash benchmarks/device_check.sh > "$W/check.out" 2>&1
-say "device_check: exit $?"
+if (( B >= 60 )); then
+  say "device_check benchmarks, $B s"
+  STAGES="bench_kernel bench_gpu" CHECK_BUDGET_S=$B OUT="$OUT/check" BENCH_ARGS="$BARGS" \
+    bash benchmarks/device_check.sh > "$W/check.out" 2>&1
+  say "device_check: exit $?"
+fi
 rm -rf "$W"
 say "done"
