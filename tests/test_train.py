@@ -3,6 +3,7 @@ loss falls on a fixed mini-batch, checkpoints resume bit for bit, and the assemb
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch import nn
 from cdx.cli import main
 from cdx.errors import InputError, StaleArtifactError
 from cdx.models.autoencoder import Autoencoder, AutoencoderConfig
-from cdx.models.bundle import load_bundle, read_manifest
+from cdx.models.bundle import bundle_hash, load_bundle, read_manifest
 from cdx.models.collab import encoder_for
 from cdx.models.config import ModalityConfig, ModelConfig
 from cdx.models.masks import save_label_map
@@ -23,7 +24,7 @@ from cdx.models.random_init import randomize
 from cdx.models.text_encoder import TextEncoderConfig
 from cdx.models.unet import UNet, UNetConfig
 from cdx.train import loop
-from cdx.train.assemble import assemble
+from cdx.train.assemble import assemble, resample
 from cdx.train.autoencoder import VaeConfig, load_latents, train_vae, vae_loss
 from cdx.train.collaborator import CollabConfig, eps_loss, schedule, train_collaborator, zero_init
 from cdx.train.data import DataConfig, FaceSet, build_arrays, load_faces
@@ -337,6 +338,27 @@ def test_train_stages_assemble_and_run(faces, tmp_path):
         assemble(cfg, work, tmp_path / "bad", guidance={"mask": 2.0})
     assert not (tmp_path / "bad").exists()
 
+    # new sampling defaults for a trained bundle, without its training folder: the same files, a new config
+    again = tmp_path / "again"
+    r = CliRunner().invoke(main, ["train", "assemble", "--from-bundle", str(tmp_path / "guided"), "--out", str(again),
+                                  "--eta", "1", "--shaping", "--shaping-scale", "4", "--guidance", "mask=3"])
+    assert r.exit_code == 0, r.output
+    a, g = load_bundle(again, verify_hashes=True).cfg, read_manifest(tmp_path / "guided")
+    assert (a.eta, a.modality("mask").influence_scale, a.modality("mask").guidance) == (1.0, 4.0, 3.0)
+    assert a.modality("text").guidance == 1.0  # not given: set anew, not carried over
+    got = read_manifest(again)
+    assert {k: v["sha256"] for k, v in got["files"].items()} == {k: v["sha256"] for k, v in g["files"].items()}
+    assert got["extra"]["stages"] == g["extra"]["stages"] and got["extra"]["sampling_from"] == bundle_hash(
+        tmp_path / "guided")
+    assert all(v["dtype"] == "F16" for v in _dtypes(again / "text_unet.safetensors"))
+    # the mask's influence scaled at every step, without the cosine decay
+    r = CliRunner().invoke(main, ["train", "assemble", "--from-bundle", str(again), "--out", str(again), "--shaping",
+                                  "--shaping-scale", "0.5", "--shaping-decay", "none"])
+    assert r.exit_code == 0, r.output
+    b = load_bundle(again).cfg
+    assert b.shaping and (b.modality("mask").decay, b.modality("mask").influence_scale) == ("none", 0.5)
+    assert (b.modality("text").decay, b.modality("text").influence_scale, b.eta) == ("none", 1.0, 0.0)
+
     # a retrained autoencoder makes the collaborators stale: assembling refuses, naming the fix
     train_vae(cfg, faces, dataclasses.replace(tc, seed=1), VaeConfig(scale_images=8), work)
     with pytest.raises(StaleArtifactError, match="cdx train collaborator --modality mask"):
@@ -355,6 +377,9 @@ def test_train_init_from_a_bundle_starts_every_stage_from_its_weights(faces, tmp
     train_diffusers(cfg, faces, tc, work)
     assemble(cfg, work, src, eta=1.0)
     assert load_bundle(src).cfg.eta == 1.0  # the bundle's default sampler noise travels in its config
+    with pytest.raises(InputError, match="does not record condition dropout for its mask"):
+        resample(src, tmp_path / "bad", guidance={"mask": 2.0})  # trained without --cond-drop
+    assert not (tmp_path / "bad").exists()
     images = {}
     for eta in (None, "1", "0"):
         out = tmp_path / f"eta-{eta}.png"
@@ -380,6 +405,8 @@ def test_train_init_from_a_bundle_starts_every_stage_from_its_weights(faces, tmp
         assert all(torch.equal(sa[k], sb[k]) for k in sa), key
     stages = read_manifest(again)["extra"]["stages"]
     assert {v.get("init_from") for v in stages.values()} == {bundle_hash(src)}
+    assert {v["loss"] for v in stages.values()} == {None}  # no step ran: null, not NaN
+    json.loads((again / "bundle.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in bundle.json"))
 
     # a few steps from the bundle move the weights, starting from them
     tc2 = dataclasses.replace(tc, steps=2, init_from=str(src))
@@ -427,6 +454,8 @@ def test_train_cli_all_then_run(tmp_path):
     (["train", "vae", "--steps", "0"], "--steps must be >= 1"),
     (["train", "collaborator", "--modality", "text", "--cond-drop", "1.5"], "--cond-drop must be in [0, 1)"),
     (["train", "assemble", "--out", "b", "--shaping-scale", "4"], "--shaping-scale needs --shaping"),
+    (["train", "assemble", "--out", "b", "--shaping", "--shaping-decay", "none"], "--shaping-decay none needs"),
+    (["train", "assemble", "--out", "b", "--from-bundle", "nowhere"], "not a cdx bundle"),
     (["train", "assemble", "--out", "b", "--guidance", "text"], "expected MODALITY=SCALE"),
 ])
 def test_train_cli_errors_are_one_line(tmp_path, argv, message):

@@ -159,9 +159,15 @@ def diffusers_cmd(**o):
               help="Sample with the official influence shaping by default (mask weight decayed by cos(t), scaled 2).")
 @click.option("--shaping-scale", type=float, default=None,
               help="With --shaping: the mask's boost factor (the official seg_mask_scale_factor, 2 by default).")
+@click.option("--shaping-decay", type=click.Choice(["cosine", "none"]), default="cosine", show_default=True,
+              help="With --shaping: cosine = the official decay of the mask's influence over t; none = no decay, "
+                   "the mask's influence only multiplied by --shaping-scale at every step.")
+@click.option("--from-bundle", type=click.Path(path_type=Path), default=None,
+              help="Take the networks of this trained bundle instead of --work's stage outputs (only the "
+                   "sampling defaults change; --work and --preset are not used).")
 @guidance_option
 @friendly
-def assemble_cmd(work, preset, out, eta, shaping, shaping_scale, guidance):
+def assemble_cmd(work, preset, out, eta, shaping, shaping_scale, shaping_decay, from_bundle, guidance):
     """Stage 4: the trained parts -> one fp16 checkpoint bundle."""
     from ..errors import InputError
 
@@ -169,7 +175,14 @@ def assemble_cmd(work, preset, out, eta, shaping, shaping_scale, guidance):
         raise InputError(f"--eta must be in [0, 1], got {eta}")
     if shaping_scale is not None and not (shaping and 0 < shaping_scale < float("inf")):
         raise InputError(f"--shaping-scale needs --shaping and a value > 0, got {shaping_scale}")
-    h = _assemble(work, preset, out, eta, shaping, parse_guidance(guidance), shaping_scale)
+    if shaping_decay != "cosine" and not (shaping and shaping_scale is not None):
+        raise InputError("--shaping-decay none needs --shaping and --shaping-scale (without them it changes nothing)")
+    if from_bundle is not None:
+        from ..train.assemble import resample
+
+        h = resample(from_bundle, out, eta, shaping, parse_guidance(guidance), shaping_scale, shaping_decay)
+    else:
+        h = _assemble(work, preset, out, eta, shaping, parse_guidance(guidance), shaping_scale, shaping_decay)
     click.echo(f"wrote {out} (bundle {h[:12]})")
 
 
@@ -223,8 +236,8 @@ def _preset(name: str):
 
 
 def _assemble(work, preset_name, out, eta: float = 0.0, shaping: bool = False, guidance=None,
-              shaping_scale=None) -> str:
+              shaping_scale=None, shaping_decay: str = "cosine") -> str:
     from ..train.assemble import assemble
 
     return assemble(_preset(preset_name), work, out, eta=eta, shaping=shaping, guidance=guidance,
-                    shaping_scale=shaping_scale)
+                    shaping_scale=shaping_scale, shaping_decay=shaping_decay)

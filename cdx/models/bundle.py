@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..errors import CdxError, StaleArtifactError
@@ -81,6 +81,17 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise CdxError(f"{mpath}: not a version-{VERSION} cdx bundle")
     return manifest
+
+
+def stored_dtype(path: str | os.PathLike) -> torch.dtype:
+    """float16 when every floating tensor of the bundle's files is stored in half precision, else float32."""
+    path = Path(path)
+    seen = set()
+    for entry in read_manifest(path)["files"].values():
+        with safe_open(str(path / entry["file"]), framework="pt") as f:
+            seen |= {f.get_slice(k).get_dtype() for k in f.keys()}
+    floats = {d for d in seen if d.startswith(("F", "BF"))}
+    return torch.float16 if floats == {"F16"} else torch.float32
 
 
 def bundle_hash(path: str | os.PathLike) -> str:

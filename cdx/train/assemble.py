@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 import os
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
-from ..models.bundle import file_sha256, save_bundle
+from ..models.bundle import bundle_hash, file_sha256, load_bundle, read_manifest, save_bundle, stored_dtype
 from ..models.collab import CollaborativeModel
 from ..models.config import ModelConfig
 from .autoencoder import load_vae
@@ -25,26 +26,32 @@ OFFICIAL_SHAPING = {"mask": {"decay": "cosine", "influence_scale": 2.0}}
 
 
 def sampling_config(cfg: ModelConfig, eta: float = 0.0, shaping: bool = False,
-                    guidance: dict[str, float] | None = None, shaping_scale: float | None = None) -> ModelConfig:
+                    guidance: dict[str, float] | None = None, shaping_scale: float | None = None,
+                    shaping_decay: str = "cosine") -> ModelConfig:
     """`cfg` with the bundle's sampling defaults: eta, the official shaping on the mask modalities (with
-    `shaping_scale` instead of the official factor 2 when given) or none, guidance scales."""
+    `shaping_scale` instead of the official factor 2 when given; `shaping_decay="none"` keeps the factor and
+    drops the cosine decay: a constant bias on the mask's influence) or none, guidance scales."""
+    if shaping_decay not in ("cosine", "none"):
+        raise ValueError(f"unknown shaping decay {shaping_decay!r}")
     mods = []
     for m in cfg.modalities:
         shape = OFFICIAL_SHAPING.get(m.kind, {}) if shaping else {}
         scale = shape.get("influence_scale", 1.0) if shaping_scale is None or not shape else float(shaping_scale)
-        mods.append(dataclasses.replace(m, decay=shape.get("decay", "none"), influence_scale=scale))
+        decay = shape.get("decay", "none") if shaping_decay == "cosine" else "none"
+        mods.append(dataclasses.replace(m, decay=decay, influence_scale=scale))
     cfg = dataclasses.replace(cfg, modalities=tuple(mods), shaping=bool(shaping), eta=float(eta))
     return cfg.with_guidance(guidance or {})
 
 
 def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
              dtype: torch.dtype = torch.float16, eta: float = 0.0, shaping: bool = False,
-             guidance: dict[str, float] | None = None, shaping_scale: float | None = None) -> str:
+             guidance: dict[str, float] | None = None, shaping_scale: float | None = None,
+             shaping_decay: str = "cosine") -> str:
     """Build the model from `work`'s stage outputs and save it as a bundle at `out`; returns its hash.
     A guidance scale other than 1 needs a collaborator trained with condition dropout."""
     work = Path(work)
     try:  # before any stage output is read
-        sampled = sampling_config(cfg, eta, shaping, guidance, shaping_scale)
+        sampled = sampling_config(cfg, eta, shaping, guidance, shaping_scale, shaping_decay)
     except KeyError as e:
         raise InputError(f"--guidance: {e.args[0]} in preset {cfg.preset}") from None
     vae, vmeta = load_vae(cfg, work)
@@ -74,6 +81,43 @@ def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
     return save_bundle(model.eval(), out, extra=extra, dtype=dtype)
 
 
+def resample(src: str | os.PathLike, out: str | os.PathLike, eta: float = 0.0, shaping: bool = False,
+             guidance: dict[str, float] | None = None, shaping_scale: float | None = None,
+             shaping_decay: str = "cosine") -> str:
+    """A trained bundle's networks, bit for bit, under new sampling defaults (eta, shaping, guidance), each set
+    anew as `assemble` sets it (a guidance scale not given is 1): the sampling values can be re-tuned without
+    the training folder. `out` may be `src`. Returns the new bundle's hash."""
+    model = load_bundle(src, verify_hashes=True)
+    manifest = read_manifest(src)
+    try:
+        plain = model.cfg.with_guidance({m.name: 1.0 for m in model.cfg.modalities})
+        cfg = sampling_config(plain, eta, shaping, guidance, shaping_scale, shaping_decay)
+    except KeyError as e:
+        raise InputError(f"--guidance: {e.args[0]} in this bundle") from None
+    stages = (manifest.get("extra") or {}).get("stages") or {}
+    for m in cfg.modalities:
+        trained = stages.get(f"collaborator:{m.name}")
+        if m.guidance != 1.0 and not (trained and ((trained.get("collab") or {}).get("cond_drop") or 0) > 0):
+            raise InputError(f"--guidance {m.name}={m.guidance:g}: {src} does not record condition dropout for its "
+                             f"{m.name} collaborator, so it has no unconditional prediction")
+    again = CollaborativeModel(cfg)
+    again.load_state_dict(model.state_dict(), strict=True)
+    extra = {**_finite(manifest.get("extra") or {}), "sampling_from": bundle_hash(src),
+             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return save_bundle(again.eval(), out, extra=extra, dtype=stored_dtype(src))
+
+
+def _finite(obj):
+    """`obj` with every NaN or infinite float replaced by None (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _summary(meta: dict, path: Path) -> dict:
     keep = ("steps", "loss", "scale_factor", "recon_l1_mean", "samples_per_s", "train", "vae", "collab", "init_from")
-    return {"sha256": file_sha256(path), **{k: meta[k] for k in keep if k in meta}}
+    return _finite({"sha256": file_sha256(path), **{k: meta[k] for k in keep if k in meta}})

@@ -139,7 +139,7 @@ def train_vae(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, vc: VaeConfig, w
                 "train": jsonable(asdict(tc)), "vae": jsonable(asdict(vc))}
     save_stage(work / "vae.safetensors", ema.state_dict(), manifest)
     save_stage(work / "latents.safetensors", {"latents": means * scale}, latents_manifest(work, data, scale))
-    print(f"vae: {res.step} steps, loss {res.mean_loss():.4f}, recon L1 {rec_l1:.4f}, "
+    print(f"vae: {res.step} steps, loss {res.loss_text()}, recon L1 {rec_l1:.4f}, "
           f"scale_factor {scale:.4f} -> {work / 'vae.safetensors'}", flush=True)
     return manifest
 

@@ -141,7 +141,7 @@ def train_collaborator(cfg: ModelConfig, name: str, data: FaceSet, tc: TrainConf
                 "train": jsonable(asdict(tc)), "collab": jsonable(asdict(cc))}
     out = work / f"collab_{name}.safetensors"
     save_stage(out, ema.state_dict(), manifest)
-    print(f"collaborator {name}: {res.step} steps, loss {res.mean_loss():.4f} -> {out}", flush=True)
+    print(f"collaborator {name}: {res.step} steps, loss {res.loss_text()} -> {out}", flush=True)
     return manifest
 
 

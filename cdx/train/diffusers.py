@@ -80,7 +80,7 @@ def train_diffusers(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, work: str 
                 "train": jsonable(asdict(tc))}
     out = work / "diffusers.safetensors"
     save_stage(out, ema.state_dict(), manifest)
-    print(f"diffusers: {res.step} steps, loss {res.mean_loss():.4f} -> {out}", flush=True)
+    print(f"diffusers: {res.step} steps, loss {res.loss_text()} -> {out}", flush=True)
     return manifest
 
 

@@ -69,9 +69,14 @@ class LoopResult:
     def steps_per_s(self) -> float:
         return 0.0 if self.seconds <= 0 else (self.step - self.start_step) / self.seconds
 
-    def mean_loss(self, last: int = 100) -> float:
+    def mean_loss(self, last: int = 100) -> float | None:
+        """Mean of the last `last` losses; None when no step ran (a manifest then records null, not NaN)."""
         tail = self.losses[-last:]
-        return float(np.mean(tail)) if tail else float("nan")
+        return float(np.mean(tail)) if tail else None
+
+    def loss_text(self) -> str:
+        loss = self.mean_loss()
+        return "n/a" if loss is None else f"{loss:.4f}"
 
 
 def seed_everything(seed: int) -> torch.Generator:
