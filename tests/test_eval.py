@@ -12,10 +12,10 @@ from cdx.cli import main
 from cdx.engine.runner import TorchRunner
 from cdx.engine.sampler import draw_noise, sample
 from cdx.engine.schedule import alphas_cumprod, linear_betas, make_table
-from cdx.evaluation.methods import METHODS, run_method
-from cdx.evaluation.metrics import attribute_accuracy, fd, frechet_distance, pixel_accuracy
+from cdx.evaluation.methods import METHODS, Method, run_method
+from cdx.evaluation.metrics import attribute_accuracy, fd, frechet_distance, paired_ci, pixel_accuracy
 from cdx.evaluation.nets import CLASSIFIER_ATTRS, load_eval_nets, parse_target
-from cdx.evaluation.run_eval import _contexts, synthetic_faces
+from cdx.evaluation.run_eval import _contexts, evaluate, markdown_table, synthetic_faces
 from cdx.models.config import preset
 from cdx.models.random_init import random_model
 from cdx.models.tokenizer import Tokenizer
@@ -58,6 +58,23 @@ def test_eval_accuracies_on_known_inputs():
     assert per == {"a": 1.0, "b": 0.5}
     _, per = attribute_accuracy(pred, true, np.zeros_like(stated), ("a", "b"))
     assert per == {"a": None, "b": None}
+
+
+def test_eval_paired_interval_covers_the_difference_and_zero_only_when_there_is_none():
+    rng = np.random.default_rng(3)
+    den = rng.integers(1, 6, size=300)  # stated attributes per image
+    a = rng.binomial(den, 0.85)
+    better = np.minimum(den, a + rng.binomial(1, 0.3, size=300))  # +1 correct on about 30 % of the images
+    diff, lo, hi = paired_ci(better, a, den)
+    assert diff == pytest.approx((better.sum() - a.sum()) / den.sum()) and lo <= diff <= hi and lo > 0
+    noise = rng.binomial(den, 0.85)  # another draw of the same method: no real difference
+    diff, lo, hi = paired_ci(noise, a, den)
+    assert lo < 0 < hi and hi - lo < 0.1
+    assert paired_ci(a, a, den) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="arrays"):
+        paired_ci(a, a[:-1], den)
+    with pytest.raises(ValueError, match="nothing was counted"):
+        paired_ci(a * 0, a * 0, den * 0)
 
 
 # ------------------------------------------------------------------------------------------ shipped eval nets
@@ -151,6 +168,65 @@ def test_eval_command_writes_json_and_markdown(tiny_bundle, tmp_path):
         assert row["fd"] >= 0 and 0 <= row["mask_acc"] <= 1
     table = md.read_text()
     assert "| collaborative |" in table and "FD" in table and table in r.output
+
+
+def test_eval_no_temporal_keeps_each_steps_shaping_and_the_frozen_variant_does_not(tiny_setup):
+    from cdx.engine.sampler import make_shaping
+    from cdx.kernels import combine_weights
+    from cdx.train.assemble import sampling_config
+
+    runner, modalities, table, x_T, noise, _ = tiny_setup
+    cfg = sampling_config(runner.cfg, shaping=True, shaping_scale=4.0)
+    shaping_for = lambda names: make_shaping(cfg, names, table, cfg.timesteps)  # noqa: E731
+    shaping = shaping_for(["mask", "text"])
+    assert shaping is not None and shaping.decay[1, 0] < shaping.decay[0, 0]  # the mask's weight decays over t
+    runs = {m: run_method(m, runner, modalities, x_T, noise, table, shaping_for, return_influence=True)[0].influence
+            for m in ("collaborative", "no_temporal", "no_temporal_frozen")}
+    collab, nt, frozen = runs["collaborative"], runs["no_temporal"], runs["no_temporal_frozen"]
+    torch.testing.assert_close(nt[0], collab[0], rtol=0, atol=1e-5)  # step 0 is the same for all three
+    torch.testing.assert_close(frozen[1], frozen[0], rtol=0, atol=1e-6)  # frozen: shaping of step 0 kept
+    # no_temporal: the step-0 diffusers' weights under step 1's shaping
+    names, contexts = zip(*modalities.values())
+    t0 = torch.from_numpy(table.timesteps[:1]).expand(x_T.shape[0])
+    logits = torch.stack([runner.run(f"{n}_diffuser", {"x": x_T, "t": t0, "context": c})["logits"]
+                          for n, c in zip(names, contexts)])
+    want = combine_weights(logits, torch.from_numpy(shaping.decay[1]), torch.from_numpy(shaping.scale),
+                           shaping.receiver)
+    torch.testing.assert_close(nt[1], want, rtol=0, atol=1e-5)
+    assert (nt[1] - frozen[1]).abs().max() > 1e-3  # the frozen variant keeps the mask where no_temporal lets go
+
+
+def test_eval_takes_a_benchmarks_own_method_and_pairs_it_with_collaborative(tiny_setup):
+    runner = tiny_setup[0]
+    mask_heavy = Method("mask_heavy", ("mask", "text"), lambda: lambda i, eps, influence: torch.stack(
+        [torch.full_like(eps[0, :, :1], 0.9, dtype=torch.float32), torch.full_like(eps[0, :, :1], 0.1,
+                                                                                    dtype=torch.float32)]))
+    res = evaluate(runner, runner.cfg, n=4, steps=1, methods=["collaborative", mask_heavy, "text_only"], batch=4,
+                   n_ref=8)
+    assert list(res["methods"]) == ["collaborative", "mask_heavy", "text_only"]
+    assert set(res["paired"]) == {"mask_heavy", "text_only"}
+    for name, pair in res["paired"].items():
+        for key in ("text_acc", "mask_acc"):
+            if pair[key] is None:  # the tiny faces stated no attribute
+                continue
+            d, lo, hi = pair[key]
+            assert d == pytest.approx(res["methods"]["collaborative"][key] - res["methods"][name][key], abs=1e-4)
+            assert lo <= d + 1e-9 and d <= hi + 1e-9
+    table = markdown_table(res)
+    assert "collaborative - row, mask" in table and "| mask_heavy |" in table
+    with pytest.raises(ValueError, match="unknown method"):
+        evaluate(runner, runner.cfg, n=2, methods=["collaborative", "magic"])
+
+
+def test_eval_command_methods_all_plus_an_extra(tiny_bundle, tmp_path):
+    out = tmp_path / "eval.json"
+    r = CliRunner().invoke(main, ["eval", "--backend", "torch", "--checkpoint", str(tiny_bundle), "--n", "2",
+                                  "--steps", "1", "--batch", "2", "--n-ref", "4", "--methods",
+                                  "no_temporal_frozen,collaborative", "--json", str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    result = json.loads(out.read_text())
+    assert list(result["methods"]) == ["no_temporal_frozen", "collaborative"]
+    assert set(result["paired"]) == {"no_temporal_frozen"}
 
 
 def test_eval_command_refuses_unknown_method(tiny_bundle):

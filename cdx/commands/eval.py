@@ -30,7 +30,8 @@ def _check_writable(path: Path | None, flag: str) -> None:
 @click.option("--shaping/--no-shaping", default=None, help="Official influence shaping (default: the model's).")
 @click.option("--n-ref", type=int, default=1024, show_default=True, help="Real faces for the FD reference.")
 @click.option("--methods", default="all", show_default=True,
-              help="Comma-separated: collaborative, composable, no_spatial, no_temporal, text_only, mask_only.")
+              help="Comma-separated: collaborative, composable, no_spatial, no_temporal, text_only, mask_only "
+                   "(= all), and no_temporal_frozen (the step-0 weights with step 0's shaping, reused).")
 @click.option("--eval-nets", type=click.Path(path_type=Path), default=None,
               help="Evaluation networks folder (default: the ones shipped with cdx).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
@@ -46,15 +47,20 @@ def eval_(checkpoint, backend, device, n, seed, steps, batch, eta, guidance, sha
     from ..defaults import default_checkpoint
     from ..engine.backends import make_runner
     from ..errors import InputError
-    from ..evaluation.methods import METHODS
+    from ..evaluation.methods import EXTRA_METHODS, METHODS
     from ..evaluation.nets import load_eval_nets
     from ..evaluation.run_eval import evaluate, markdown_table
     from ..io import atomic_write_text
 
-    chosen = list(METHODS) if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
-    bad = [m for m in chosen if m not in METHODS]
+    chosen = []
+    for m in (m.strip() for m in methods.split(",")):
+        for name in (METHODS if m == "all" else [m] if m else []):
+            if name not in chosen:
+                chosen.append(name)
+    known = {**METHODS, **EXTRA_METHODS}
+    bad = [m for m in chosen if m not in known]
     if bad or not chosen:
-        raise InputError(f"--methods: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(METHODS)}")
+        raise InputError(f"--methods: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(known)}")
     if n < 2 or n_ref < 2 or batch < 1 or steps < 1:
         raise InputError("--n and --n-ref must be >= 2, --batch and --steps >= 1")
     guidance = parse_guidance(guidance)
@@ -65,7 +71,7 @@ def eval_(checkpoint, backend, device, n, seed, steps, batch, eta, guidance, sha
                                progress=lambda name: click.echo(f"exporting {name} to ONNX (first use)", err=True))
     click.echo(desc, err=True)
     kinds = {m.kind for m in runner.cfg.modalities}
-    lacking = [m for m in chosen if not set(METHODS[m].kinds) <= kinds]
+    lacking = [m for m in chosen if not set(known[m].kinds) <= kinds]
     if lacking:
         raise InputError(f"--methods: {', '.join(lacking)} need modalities this model lacks (it has "
                          f"{', '.join(sorted(kinds))})")

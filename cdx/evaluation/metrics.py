@@ -59,3 +59,25 @@ def attribute_accuracy(pred: np.ndarray, true: np.ndarray, stated: np.ndarray,
     overall = float(ok[stated].mean()) if stated.any() else float("nan")
     per = {a: (float(ok[stated[:, j], j].mean()) if stated[:, j].any() else None) for j, a in enumerate(names)}
     return overall, per
+
+
+def paired_ci(num_a: np.ndarray, num_b: np.ndarray, den: np.ndarray, reps: int = 2000, seed: int = 0,
+              level: float = 0.95) -> tuple[float, float, float]:
+    """The difference of two accuracies measured on the same N items, sum(num_a)/sum(den) - sum(num_b)/sum(den),
+    with a paired bootstrap interval over the items: (difference, low, high).
+
+    num_a, num_b: (N,) correct counts of two methods per item (image); den: (N,) what was counted per item
+    (pixels, stated attributes). Resampling whole items keeps each pair together, so the interval reflects
+    how much the difference depends on the particular conditions drawn.
+    """
+    num_a, num_b, den = (np.asarray(v, dtype=np.float64) for v in (num_a, num_b, den))
+    if not (num_a.shape == num_b.shape == den.shape) or num_a.ndim != 1 or len(den) < 2:
+        raise ValueError(f"need three (N >= 2,) arrays, got {num_a.shape}, {num_b.shape}, {den.shape}")
+    if den.sum() <= 0:
+        raise ValueError("nothing was counted (den sums to 0)")
+    diff = float((num_a.sum() - num_b.sum()) / den.sum())
+    idx = np.random.default_rng(seed).integers(0, len(den), size=(reps, len(den)))
+    d = den[idx].sum(1)
+    boot = (num_a[idx].sum(1) - num_b[idx].sum(1)) / np.where(d > 0, d, np.nan)
+    lo, hi = np.nanquantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return diff, float(lo), float(hi)

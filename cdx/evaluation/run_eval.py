@@ -30,8 +30,8 @@ from ..models.config import ModelConfig
 from ..models.masks import one_hot
 from ..models.tokenizer import Tokenizer
 from ..train.synth import ALL_ATTRS, generate
-from .methods import METHODS, run_method
-from .metrics import attribute_accuracy, fd, pixel_accuracy
+from .methods import METHODS, Method, method_named, run_method
+from .metrics import attribute_accuracy, fd, paired_ci, pixel_accuracy
 from .nets import CLASSIFIER_ATTRS, PARSE_SIZE, EvalNets, load_eval_nets, parse_target
 
 CONDITION_SEED = 72000
@@ -51,12 +51,32 @@ def synthetic_faces(key: tuple[int, ...], n: int) -> dict:
     }
 
 
-def score(nets: EvalNets, images: np.ndarray, faces: dict, ref_features: np.ndarray) -> dict:
-    """FD against the reference features, text acc (stated attributes), mask acc (32x32 pixel accuracy)."""
-    text_acc, per_attr = attribute_accuracy(nets.attributes(images), faces["attrs"], faces["stated"],
-                                            CLASSIFIER_ATTRS)
+def score(nets: EvalNets, images: np.ndarray, faces: dict, ref_features: np.ndarray,
+          counts: dict | None = None) -> dict:
+    """FD against the reference features, text acc (stated attributes), mask acc (32x32 pixel accuracy).
+    With `counts` (a dict) it also fills in the per-image counts behind the two accuracies (see `paired`)."""
+    attrs, parsed = nets.attributes(images), nets.parse(images)
+    text_acc, per_attr = attribute_accuracy(attrs, faces["attrs"], faces["stated"], CLASSIFIER_ATTRS)
+    if counts is not None:
+        counts["text_acc"] = ((attrs == faces["attrs"]) & faces["stated"]).sum(1), faces["stated"].sum(1)
+        hits = parsed == faces["parse"]
+        counts["mask_acc"] = hits.reshape(len(hits), -1).sum(1), np.full(len(hits), hits[0].size)
     return {"fd": fd(nets.features(images), ref_features), "text_acc": None if np.isnan(text_acc) else text_acc,
-            "mask_acc": pixel_accuracy(nets.parse(images), faces["parse"]), "text_acc_per_attr": per_attr}
+            "mask_acc": pixel_accuracy(parsed, faces["parse"]), "text_acc_per_attr": per_attr}
+
+
+def paired(counts: dict[str, dict], reference: str) -> dict[str, dict]:
+    """For each other method: reference's accuracy minus its own, text and mask, with a 95 % paired bootstrap
+    interval over the test conditions ([difference, low, high]; the interval excluding 0 = a real difference)."""
+    out = {}
+    for m, c in counts.items():
+        if m == reference:
+            continue
+        out[m] = {}
+        for key in ("text_acc", "mask_acc"):
+            (num_r, den), (num_m, _) = counts[reference][key], c[key]
+            out[m][key] = [round(v, 5) for v in paired_ci(num_r, num_m, den)] if den.sum() > 0 else None
+    return out
 
 
 def _contexts(runner: Runner, cfg: ModelConfig, tokenizer: Tokenizer, faces: dict, lo: int, hi: int):
@@ -76,13 +96,23 @@ def _contexts(runner: Runner, cfg: ModelConfig, tokenizer: Tokenizer, faces: dic
 
 
 def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, steps: int = 50,
-             methods: Sequence[str] | str = "all", batch: int = 16, nets: EvalNets | None = None,
+             methods: Sequence[str | Method] | str = "all", batch: int = 16, nets: EvalNets | None = None,
              n_ref: int = 1024, progress: Callable[[str], None] | None = None, eta: float = 0.0) -> dict:
-    """Generate with each method from the same n test conditions and noise; score FD, text acc, mask acc."""
-    names = list(METHODS) if methods == "all" else list(methods)
-    unknown = [m for m in names if m not in METHODS]
+    """Generate with each method from the same n test conditions and noise; score FD, text acc, mask acc.
+    `methods` are names of :data:`METHODS` or `Method` objects (a benchmark's own weighting); with
+    `collaborative` among them, "paired" holds its accuracy differences to each other method."""
+    def resolve(m):
+        try:
+            return method_named(m) if isinstance(m, str) else m
+        except KeyError:
+            return m
+
+    chosen = list(METHODS.values()) if methods == "all" else [resolve(m) for m in methods]
+    unknown = [m for m in chosen if not isinstance(m, Method)]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {', '.join(map(str, unknown))}; choose from {', '.join(METHODS)}")
+    by_name = {m.name: m for m in chosen}
+    names = list(by_name)
     if n < 2 or batch < 1:
         raise ValueError(f"need n >= 2 and batch >= 1, got n={n}, batch={batch}")
     nets = nets or load_eval_nets()
@@ -101,7 +131,7 @@ def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, step
         modalities = _contexts(runner, cfg, tokenizer, faces, lo, hi)
         for m in names:
             t0 = time.perf_counter()
-            loop, _ = run_method(m, runner, modalities, x_T[lo:hi], noise[:, lo:hi].contiguous(), table,
+            loop, _ = run_method(by_name[m], runner, modalities, x_T[lo:hi], noise[:, lo:hi].contiguous(), table,
                                  shaping_for=lambda mods: make_shaping(cfg, mods, table, cfg.timesteps))
             images[m].append(to_uint8(runner.run("vae_decoder", {"latent": loop.z0})["image"]))
             seconds[m] += time.perf_counter() - t0
@@ -111,22 +141,39 @@ def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, step
               "n_ref": max(n_ref, 2), "shaping": bool(cfg.shaping),
               "guidance": {m.name: m.guidance for m in cfg.modalities},
               "real": score(nets, faces["images"], faces, ref_features), "methods": {}}
+    counts = {m: {} for m in names}
     for m in names:
-        result["methods"][m] = {**score(nets, np.concatenate(images[m]), faces, ref_features),
+        result["methods"][m] = {**score(nets, np.concatenate(images[m]), faces, ref_features, counts[m]),
                                 "seconds": round(seconds[m], 2)}
+    if "collaborative" in names and len(names) > 1:
+        result["paired"] = paired(counts, "collaborative")
     return result
 
 
 def markdown_table(result: dict) -> str:
-    """Rows = methods (and the real test faces), columns = FD (lower is better), text acc, mask acc."""
+    """Rows = methods (and the real test faces), columns = FD (lower is better), text acc, mask acc; with
+    paired differences, two more columns: collaborative's accuracy minus the row's, [95 % interval]."""
     guided = ", ".join(f"{k} {v:g}" for k, v in result.get("guidance", {}).items() if v != 1.0)
+    pairs = result.get("paired") or {}
+    head = "| method | FD (lower better) | text acc | mask acc |"
+    rule = "| --- | ---: | ---: | ---: |"
+    if pairs:
+        head += " collaborative - row, text | collaborative - row, mask |"
+        rule += " ---: | ---: |"
     lines = [f"n = {result['n']}, {result['steps']} DDIM steps (eta {result.get('eta', 0.0):g}), "
              f"official shaping {'on' if result.get('shaping') else 'off'}, "
              f"guidance {guided or 'none'}, seed {result['seed']}, FD against "
-             f"{result['n_ref']} real synthetic faces", "",
-             "| method | FD (lower better) | text acc | mask acc |", "| --- | ---: | ---: | ---: |"]
+             f"{result['n_ref']} real synthetic faces", "", head, rule]
     rows = list(result["methods"].items()) + [("real test faces (ceiling)", result["real"])]
     for name, r in rows:
         text = "n/a" if r["text_acc"] is None else f"{r['text_acc']:.3f}"
-        lines.append(f"| {name} | {r['fd']:.2f} | {text} | {r['mask_acc']:.3f} |")
+        line = f"| {name} | {r['fd']:.2f} | {text} | {r['mask_acc']:.3f} |"
+        if pairs:
+            p = pairs.get(name) or {}
+            line += "".join(f" {_diff(p.get(k))} |" for k in ("text_acc", "mask_acc"))
+        lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _diff(d) -> str:
+    return "" if not d else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
