@@ -60,6 +60,22 @@ def test_eval_accuracies_on_known_inputs():
     assert per == {"a": None, "b": None}
 
 
+def test_eval_paired_fd_interval_separates_a_shifted_set_from_another_draw():
+    from cdx.evaluation.metrics import feature_stats, paired_fd_ci
+
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=(400, 6))
+    mu, sigma = feature_stats(ref)
+    a = rng.normal(size=(200, 6))
+    shifted = a + 0.5  # the same conditions, every image moved away from the reference
+    d, lo, hi = paired_fd_ci(a, shifted, mu, sigma, reps=200)
+    assert d == pytest.approx(fd(a, ref) - fd(shifted, ref)) and hi < 0 and lo <= d <= hi
+    d, lo, hi = paired_fd_ci(a, rng.normal(size=(200, 6)), mu, sigma, reps=200)  # another draw: no difference
+    assert lo < 0 < hi
+    with pytest.raises(ValueError, match="feature arrays"):
+        paired_fd_ci(a, a[:-1], mu, sigma)
+
+
 def test_eval_paired_interval_covers_the_difference_and_zero_only_when_there_is_none():
     rng = np.random.default_rng(3)
     den = rng.integers(1, 6, size=300)  # stated attributes per image
@@ -213,7 +229,11 @@ def test_eval_takes_a_benchmarks_own_method_and_pairs_it_with_collaborative(tiny
             assert d == pytest.approx(res["methods"]["collaborative"][key] - res["methods"][name][key], abs=1e-4)
             assert lo <= d + 1e-9 and d <= hi + 1e-9
     table = markdown_table(res)
-    assert "collaborative - row, mask" in table and "| mask_heavy |" in table
+    assert "collaborative - row: FD | text | mask |" in table and "| mask_heavy |" in table
+    for name, pair in res["paired"].items():
+        d, lo, hi = pair["fd"]
+        assert d == pytest.approx(res["methods"]["collaborative"]["fd"] - res["methods"][name]["fd"], abs=1e-2)
+        assert lo <= hi
     with pytest.raises(ValueError, match="unknown method"):
         evaluate(runner, runner.cfg, n=2, methods=["collaborative", "magic"])
 

@@ -31,7 +31,7 @@ from ..models.masks import one_hot
 from ..models.tokenizer import Tokenizer
 from ..train.synth import ALL_ATTRS, generate
 from .methods import METHODS, Method, method_named, run_method
-from .metrics import attribute_accuracy, fd, paired_ci, pixel_accuracy
+from .metrics import attribute_accuracy, fd, feature_stats, paired_ci, paired_fd_ci, pixel_accuracy
 from .nets import CLASSIFIER_ATTRS, PARSE_SIZE, EvalNets, load_eval_nets, parse_target
 
 CONDITION_SEED = 72000
@@ -55,24 +55,30 @@ def score(nets: EvalNets, images: np.ndarray, faces: dict, ref_features: np.ndar
           counts: dict | None = None) -> dict:
     """FD against the reference features, text acc (stated attributes), mask acc (32x32 pixel accuracy).
     With `counts` (a dict) it also fills in the per-image counts behind the two accuracies (see `paired`)."""
-    attrs, parsed = nets.attributes(images), nets.parse(images)
+    attrs, parsed, features = nets.attributes(images), nets.parse(images), nets.features(images)
     text_acc, per_attr = attribute_accuracy(attrs, faces["attrs"], faces["stated"], CLASSIFIER_ATTRS)
     if counts is not None:
+        counts["features"] = features
         counts["text_acc"] = ((attrs == faces["attrs"]) & faces["stated"]).sum(1), faces["stated"].sum(1)
         hits = parsed == faces["parse"]
         counts["mask_acc"] = hits.reshape(len(hits), -1).sum(1), np.full(len(hits), hits[0].size)
-    return {"fd": fd(nets.features(images), ref_features), "text_acc": None if np.isnan(text_acc) else text_acc,
+    return {"fd": fd(features, ref_features), "text_acc": None if np.isnan(text_acc) else text_acc,
             "mask_acc": pixel_accuracy(parsed, faces["parse"]), "text_acc_per_attr": per_attr}
 
 
-def paired(counts: dict[str, dict], reference: str) -> dict[str, dict]:
-    """For each other method: reference's accuracy minus its own, text and mask, with a 95 % paired bootstrap
-    interval over the test conditions ([difference, low, high]; the interval excluding 0 = a real difference)."""
+def paired(counts: dict[str, dict], reference: str, ref_features: np.ndarray | None = None) -> dict[str, dict]:
+    """For each other method: reference's score minus its own (text and mask accuracy; FD too when the real
+    faces' features are given: negative = reference better), with a 95 % paired bootstrap interval over the
+    test conditions ([difference, low, high]; an interval excluding 0 = a real difference)."""
+    ref_stats = feature_stats(ref_features) if ref_features is not None else None
     out = {}
     for m, c in counts.items():
         if m == reference:
             continue
         out[m] = {}
+        if ref_stats is not None:
+            out[m]["fd"] = [round(v, 3) for v in paired_fd_ci(counts[reference]["features"], c["features"],
+                                                               *ref_stats)]
         for key in ("text_acc", "mask_acc"):
             (num_r, den), (num_m, _) = counts[reference][key], c[key]
             out[m][key] = [round(v, 5) for v in paired_ci(num_r, num_m, den)] if den.sum() > 0 else None
@@ -146,20 +152,20 @@ def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, step
         result["methods"][m] = {**score(nets, np.concatenate(images[m]), faces, ref_features, counts[m]),
                                 "seconds": round(seconds[m], 2)}
     if "collaborative" in names and len(names) > 1:
-        result["paired"] = paired(counts, "collaborative")
+        result["paired"] = paired(counts, "collaborative", ref_features)
     return result
 
 
 def markdown_table(result: dict) -> str:
     """Rows = methods (and the real test faces), columns = FD (lower is better), text acc, mask acc; with
-    paired differences, two more columns: collaborative's accuracy minus the row's, [95 % interval]."""
+    paired differences, three more columns: collaborative's score minus the row's, [95 % interval]."""
     guided = ", ".join(f"{k} {v:g}" for k, v in result.get("guidance", {}).items() if v != 1.0)
     pairs = result.get("paired") or {}
     head = "| method | FD (lower better) | text acc | mask acc |"
     rule = "| --- | ---: | ---: | ---: |"
     if pairs:
-        head += " collaborative - row, text | collaborative - row, mask |"
-        rule += " ---: | ---: |"
+        head += " collaborative - row: FD | text | mask |"
+        rule += " ---: | ---: | ---: |"
     lines = [f"n = {result['n']}, {result['steps']} DDIM steps (eta {result.get('eta', 0.0):g}), "
              f"official shaping {'on' if result.get('shaping') else 'off'}, "
              f"guidance {guided or 'none'}, seed {result['seed']}, FD against "
@@ -170,10 +176,10 @@ def markdown_table(result: dict) -> str:
         line = f"| {name} | {r['fd']:.2f} | {text} | {r['mask_acc']:.3f} |"
         if pairs:
             p = pairs.get(name) or {}
-            line += "".join(f" {_diff(p.get(k))} |" for k in ("text_acc", "mask_acc"))
+            line += "".join(f" {_diff(p.get(k), 2 if k == 'fd' else 3)} |" for k in ("fd", "text_acc", "mask_acc"))
         lines.append(line)
     return "\n".join(lines) + "\n"
 
 
-def _diff(d) -> str:
-    return "" if not d else f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]"
+def _diff(d, digits: int = 3) -> str:
+    return "" if not d else f"{d[0]:+.{digits}f} [{d[1]:+.{digits}f}, {d[2]:+.{digits}f}]"
