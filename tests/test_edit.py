@@ -78,6 +78,8 @@ def test_edit_bad_inputs(tiny_bundle, face, tmp_path):
         (["--alpha", "abc"], "--alpha"),
         (["--load-state", tmp_path], "edit state"),
         (["--eta", "-0.5"], "--eta -0.5"),
+        (["--guidance", "text"], "--guidance text"),
+        (["--guidance", "hair=2"], "this model has"),
     ]
     for extra, needle in cases:
         out = tmp_path / "out.png"
@@ -111,3 +113,7 @@ def test_edit_with_a_guided_collaborator_agrees_across_backends(face, real_mask,
     img = {k: np.asarray(Image.open(v)).astype(int) for k, v in outs.items()}
     assert np.abs(img["onnx"] - img["torch"]).max() <= 2
     assert np.abs(img["torch"] - img["plain"]).max() > 10  # guidance changed the rendering
+    off = tmp_path / "off.png"  # the guided bundle's saved edit, rendered with its guidance turned off
+    r = edit_cli(guided, face, off, "--load-state", state, "--backend", "torch", "--guidance", "text=1")
+    assert r.exit_code == 0, r.output
+    assert np.abs(np.asarray(Image.open(off)).astype(int) - img["plain"]).max() <= 1

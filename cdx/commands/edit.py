@@ -7,7 +7,7 @@ import click
 
 from ..cli import friendly, main
 from ..train.edit import EditConfig
-from .common import check_output_path, checkpoint_option, grid, save_image
+from .common import check_output_path, checkpoint_option, grid, guidance_option, parse_guidance, save_image
 
 
 @main.command()
@@ -28,6 +28,7 @@ from .common import check_output_path, checkpoint_option, grid, save_image
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=50, show_default=True)
 @click.option("--eta", type=float, default=None, help="DDIM eta (default: the model's).")
+@guidance_option
 @click.option("--save-influence", type=click.Path(path_type=Path), default=None)
 @click.option("--save-state", type=click.Path(path_type=Path), default=None,
               help="Keep the optimised embeddings and fine-tuned weights here.")
@@ -35,11 +36,12 @@ from .common import check_output_path, checkpoint_option, grid, save_image
               help="Reuse a saved state (skips the optimisation).")
 @friendly
 def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_steps, embed_lr, finetune_steps,
-         finetune_lr, seed, steps, eta, save_influence, save_state, load_state):
+         finetune_lr, seed, steps, eta, guidance, save_influence, save_state, load_state):
     """Edit a face so that it follows a new caption and/or mask, keeping who it is."""
     from tqdm import tqdm
 
     from ..defaults import default_checkpoint
+    from ..engine.backends import _guided_cfg
     from ..engine.edit_render import render_edit
     from ..engine.pipeline import Request, encode_conditions
     from ..engine.runner import TorchRunner
@@ -49,6 +51,7 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
     from ..train.edit import EditConfig, load_image, load_state as read_state, run_edit, save_state as write_state
 
     alphas = _alphas(alpha)
+    guidance = parse_guidance(guidance)
     for flag, v in (("--embed-steps", embed_steps), ("--finetune-steps", finetune_steps), ("--steps", steps)):
         if v < (0 if flag != "--steps" else 1):
             raise InputError(f"{flag} {v}: out of range")
@@ -63,6 +66,7 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
         check_output_path(save_influence, "--save-influence")
     ckpt = checkpoint or default_checkpoint()
     model = load_bundle(ckpt)
+    model.cfg = _guided_cfg(model.cfg, guidance)  # sampling only: the optimisation is unguided either way
     img = load_image(image, model.cfg.image_size)
     if load_state is not None:
         state = read_state(load_state)

@@ -24,7 +24,7 @@ def edited_runner(model, state, backend: str, engine_dir: Path | None):
         yield TorchRunner(state.apply(model)), "backend: torch (cpu)"
         return
     if backend == "tensorrt":
-        from .backends import _trt_usable
+        from .backends import _check_guidance, _trt_usable
 
         usable, why = _trt_usable(engine_dir)
         if not usable:
@@ -32,6 +32,7 @@ def edited_runner(model, state, backend: str, engine_dir: Path | None):
         from .trt import TensorRTRunner
 
         runner = TensorRTRunner(engine_dir)
+        _check_guidance(runner, {m.name: m.guidance for m in model.cfg.modalities}, engine_dir)
         for n, weights in state.unets.items():
             # a guided collaborator is exported as GuidedUNet, which holds the UNet as `unet`
             prefix = "unet." if runner.cfg.modality(n).guidance != 1.0 else ""
