@@ -24,7 +24,7 @@ from cdx.defaults import default_checkpoint
 from cdx.engine.pipeline import encode_conditions, Request, to_uint8
 from cdx.engine.runner import TorchRunner
 from cdx.engine.sampler import draw_noise, make_shaping, sample
-from cdx.engine.schedule import alphas_cumprod, linear_betas, make_table
+from cdx.engine.schedule import alphas_cumprod, linear_betas, make_table, resolve_eta
 from cdx.evaluation.nets import CLASSIFIER_ATTRS, load_eval_nets
 from cdx.models.bundle import load_bundle
 from cdx.models.masks import label_map_to_ids, save_label_map
@@ -76,7 +76,7 @@ def main():
     cfg = model.cfg
     nets = load_eval_nets()
     rng = np.random.default_rng(args.seed)
-    eta = cfg.eta if args.eta is None else args.eta
+    eta = resolve_eta(cfg.eta, args.eta)
     table = make_table(alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end)), args.steps,
                        "ddim", eta)
     rows = {a: {"text_edit": [], "mask_acc": [], "keep_psnr": [], "keep_attrs": []} for a in alphas}

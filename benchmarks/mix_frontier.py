@@ -26,6 +26,7 @@ import torch
 
 from cdx.defaults import default_checkpoint
 from cdx.engine.backends import make_runner
+from cdx.engine.schedule import resolve_eta
 from cdx.evaluation.methods import Method
 from cdx.evaluation.nets import load_eval_nets
 from cdx.evaluation.run_eval import evaluate
@@ -62,7 +63,7 @@ def run(args) -> dict:
     runner, desc = make_runner(args.backend, Path(args.checkpoint) if args.checkpoint else default_checkpoint(), None,
                                args.device, guidance=guidance)
     cfg = runner.cfg
-    eta = cfg.eta if args.eta is None else args.eta
+    eta = resolve_eta(cfg.eta, args.eta)
     kinds = [m.kind for m in cfg.modalities]
     nets = load_eval_nets()
     common = dict(n=args.n, seed=args.seed, steps=args.steps, batch=args.batch, nets=nets, n_ref=args.n_ref, eta=eta)

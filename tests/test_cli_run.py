@@ -91,6 +91,7 @@ def test_run_bad_mask_one_line_error(tiny_bundle, real_mask, tmp_path, case):
     (["--steps", "0"], "--steps 0"),
     (["--batch", "-1"], "--batch -1"),
     (["--eta", "-0.5"], "--eta -0.5"),
+    (["--eta", "1.2"], "--eta 1.2: out of range (0 <= eta <= 1)"),
     (["--steps", "5000"], "--steps must be in 1..1000"),
 ])
 def test_run_bad_values(tiny_bundle, tmp_path, args, needle):

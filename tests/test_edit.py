@@ -78,6 +78,7 @@ def test_edit_bad_inputs(tiny_bundle, face, tmp_path):
         (["--alpha", "abc"], "--alpha"),
         (["--load-state", tmp_path], "edit state"),
         (["--eta", "-0.5"], "--eta -0.5"),
+        (["--eta", "1.5"], "--eta 1.5"),
         (["--guidance", "text"], "--guidance text"),
         (["--guidance", "hair=2"], "this model has"),
     ]

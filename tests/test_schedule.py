@@ -45,3 +45,25 @@ def test_schedule_ddpm_strided_reaches_x0():
     assert table.num_steps == 20 and table.timesteps[-1] == 0
     a, b, c, d, e, sigma = table.coeffs[-1]
     assert c == pytest.approx(1.0) and e == pytest.approx(0.0, abs=1e-7) and sigma == 0
+
+
+def test_ddim_eta_above_one_is_refused_because_its_table_has_nan():
+    """With eta > 1 the step noise outgrows sqrt(1 - a_prev): the table would hold NaN, so it is refused; eta 1 is
+    the largest valid value and gives a finite table at every step count."""
+    from cdx.engine.schedule import resolve_eta
+    from cdx.errors import InputError
+
+    acp = alphas_cumprod(linear_betas())
+    for n in (10, 50, 200):
+        assert np.isfinite(ddim_table(acp, n, eta=1.0).coeffs).all()
+        with np.errstate(invalid="ignore"):  # the unguarded formula, to show what the check prevents
+            a = acp[ddim_timesteps(n)][1:]
+            a_prev = acp[ddim_timesteps(n)][:-1]
+            sigma = 1.2 * np.sqrt((1 - a_prev) / (1 - a) * (1 - a / a_prev))
+            assert np.isnan(np.sqrt(1 - a_prev - sigma ** 2)).any()
+        with pytest.raises(InputError, match="out of range"):
+            ddim_table(acp, n, eta=1.2)
+    assert resolve_eta(1.0, None) == 1.0 and resolve_eta(1.0, 0.0) == 0.0
+    for model_eta, eta in ((0.0, -0.1), (0.0, float("nan")), (2.0, None)):
+        with pytest.raises(InputError, match="out of range"):
+            resolve_eta(model_eta, eta)

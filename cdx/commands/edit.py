@@ -27,7 +27,7 @@ from .common import check_output_path, checkpoint_option, grid, guidance_option,
 @click.option("--finetune-lr", type=float, default=EditConfig.finetune_lr, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=50, show_default=True)
-@click.option("--eta", type=float, default=None, help="DDIM eta (default: the model's).")
+@click.option("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default: the model's).")
 @guidance_option
 @click.option("--save-influence", type=click.Path(path_type=Path), default=None)
 @click.option("--save-state", type=click.Path(path_type=Path), default=None,
@@ -44,6 +44,7 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
     from ..engine.backends import _guided_cfg
     from ..engine.edit_render import render_edit
     from ..engine.pipeline import Request, encode_conditions
+    from ..engine.schedule import check_eta, resolve_eta
     from ..engine.runner import TorchRunner
     from ..errors import InputError
     from ..models.bundle import bundle_hash, load_bundle
@@ -55,8 +56,7 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
     for flag, v in (("--embed-steps", embed_steps), ("--finetune-steps", finetune_steps), ("--steps", steps)):
         if v < (0 if flag != "--steps" else 1):
             raise InputError(f"{flag} {v}: out of range")
-    if eta is not None and eta < 0:
-        raise InputError(f"--eta {eta}: out of range (eta >= 0)")
+    check_eta(eta)
     if text is None and mask is None and load_state is None:
         raise InputError("give --text, --mask or both (the target of the edit)")
     if mask is not None:
@@ -86,7 +86,7 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
             write_state(state, save_state, {"bundle_hash": bundle_hash(ckpt), "image": str(image), "text": text,
                                             "mask": str(mask) if mask else None})
             click.echo(f"wrote edit state {save_state}")
-    eta = model.cfg.eta if eta is None else eta
+    eta = resolve_eta(model.cfg.eta, eta)
     images, influence, desc = render_edit(model, ckpt, state, alphas, backend, engine_dir, seed, steps, eta,
                                           save_influence is not None)
     click.echo(desc, err=True)

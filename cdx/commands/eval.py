@@ -25,7 +25,8 @@ def _check_writable(path: Path | None, flag: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=50, show_default=True)
 @click.option("--batch", type=int, default=16, show_default=True)
-@click.option("--eta", type=float, default=None, help="DDIM eta (default: the model's, 0 unless its bundle says).")
+@click.option("--eta", type=float, default=None,
+              help="DDIM eta in [0, 1] (default: the model's, 0 unless its bundle says).")
 @guidance_option
 @click.option("--shaping/--no-shaping", default=None, help="Official influence shaping (default: the model's).")
 @click.option("--n-ref", type=int, default=1024, show_default=True, help="Real faces for the FD reference.")
@@ -46,6 +47,7 @@ def eval_(checkpoint, backend, device, n, seed, steps, batch, eta, guidance, sha
 
     from ..defaults import default_checkpoint
     from ..engine.backends import make_runner
+    from ..engine.schedule import check_eta, resolve_eta
     from ..errors import InputError
     from ..evaluation.methods import EXTRA_METHODS, METHODS
     from ..evaluation.nets import load_eval_nets
@@ -63,6 +65,7 @@ def eval_(checkpoint, backend, device, n, seed, steps, batch, eta, guidance, sha
         raise InputError(f"--methods: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(known)}")
     if n < 2 or n_ref < 2 or batch < 1 or steps < 1:
         raise InputError("--n and --n-ref must be >= 2, --batch and --steps >= 1")
+    check_eta(eta)
     guidance = parse_guidance(guidance)
     _check_writable(json_path, "--json")
     _check_writable(md_path, "--markdown")
@@ -77,9 +80,7 @@ def eval_(checkpoint, backend, device, n, seed, steps, batch, eta, guidance, sha
                          f"{', '.join(sorted(kinds))})")
     if steps > runner.cfg.timesteps:
         raise InputError(f"--steps must be in 1..{runner.cfg.timesteps}, got {steps}")
-    eta = runner.cfg.eta if eta is None else eta
-    if not 0.0 <= eta <= 1.0:
-        raise InputError(f"--eta must be in [0, 1], got {eta}")
+    eta = resolve_eta(runner.cfg.eta, eta)
     cfg = runner.cfg if shaping is None else dataclasses.replace(runner.cfg, shaping=shaping)
     with tqdm(total=len(chosen) * -(-n // batch), desc="generating", unit="batch", leave=False) as bar:
         result = evaluate(runner, cfg, n=n, seed=seed, steps=steps, methods=chosen, batch=batch, nets=nets,

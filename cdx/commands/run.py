@@ -23,7 +23,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=50, show_default=True)
 @click.option("--eta", type=float, default=None,
-              help="DDIM eta, 0 = deterministic (default: the model's; 0 for the official models).")
+              help="DDIM eta in [0, 1], 0 = deterministic (default: the model's; 0 for the official models).")
 @click.option("--sampler", type=click.Choice(["ddim", "ddpm"]), default="ddim", show_default=True)
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--shaping/--no-shaping", default=None, help="Official influence shaping (default: the model's).")
@@ -42,16 +42,17 @@ def run(text, mask, out, checkpoint, backend, engine_dir, seed, steps, eta, samp
     from ..defaults import default_checkpoint
     from ..engine.backends import make_runner
     from ..engine.pipeline import Request, generate, influence_grid
+    from ..engine.schedule import check_eta
     from ..errors import InputError
     from ..models.masks import load_label_map
     from tqdm import tqdm
 
     req = Request(text=text, mask=str(mask) if mask else None, seed=seed, steps=steps, eta=eta, batch=batch,
                   sampler=sampler, shaping=shaping, save_influence=save_influence is not None, cuda_graph=cuda_graph)
-    for flag, value, ok in (("--steps", steps, steps >= 1), ("--batch", batch, batch >= 1),
-                            ("--eta", eta, eta is None or eta >= 0)):
+    for flag, value, ok in (("--steps", steps, steps >= 1), ("--batch", batch, batch >= 1)):
         if not ok:
-            raise InputError(f"{flag} {value}: out of range (steps and batch >= 1, eta >= 0)")
+            raise InputError(f"{flag} {value}: out of range (steps and batch >= 1)")
+    check_eta(eta)
     guidance = parse_guidance(guidance)
     if mask is not None:
         load_label_map(mask)  # refuse a bad mask before any model is loaded

@@ -169,10 +169,10 @@ def diffusers_cmd(**o):
 @friendly
 def assemble_cmd(work, preset, out, eta, shaping, shaping_scale, shaping_decay, from_bundle, guidance):
     """Stage 4: the trained parts -> one fp16 checkpoint bundle."""
+    from ..engine.schedule import check_eta
     from ..errors import InputError
 
-    if not 0.0 <= eta <= 1.0:
-        raise InputError(f"--eta must be in [0, 1], got {eta}")
+    check_eta(eta)
     if shaping_scale is not None and not (shaping and 0 < shaping_scale < float("inf")):
         raise InputError(f"--shaping-scale needs --shaping and a value > 0, got {shaping_scale}")
     if shaping_decay != "cosine" and not (shaping and shaping_scale is not None):

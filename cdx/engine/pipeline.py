@@ -12,7 +12,7 @@ from ..errors import InputError
 from ..models.config import ModelConfig
 from ..models.masks import label_map_to_ids, load_label_map, one_hot
 from ..models.tokenizer import Tokenizer
-from ..engine.schedule import alphas_cumprod, linear_betas, make_table
+from ..engine.schedule import alphas_cumprod, check_eta, linear_betas, make_table, resolve_eta
 from .runner import Runner
 from .sampler import LoopResult, draw_noise, make_shaping, sample
 
@@ -37,8 +37,7 @@ class Request:
             raise InputError(f"--steps must be in 1..{cfg.timesteps}, got {self.steps}")
         if self.batch < 1:
             raise InputError(f"--batch must be >= 1, got {self.batch}")
-        if self.eta is not None and self.eta < 0:
-            raise InputError(f"--eta must be >= 0, got {self.eta}")
+        check_eta(self.eta)
         names = {m.kind for m in cfg.modalities}
         if self.text is not None and "text" not in names:
             raise InputError("this model has no text modality")
@@ -101,7 +100,7 @@ def generate(runner: Runner, cfg: ModelConfig, req: Request, callback: Callable[
     req.validate(cfg)
     names, contexts = encode_conditions(runner, cfg, req)
     acp = alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end))
-    table = make_table(acp, req.steps, req.sampler, cfg.eta if req.eta is None else req.eta)
+    table = make_table(acp, req.steps, req.sampler, resolve_eta(cfg.eta, req.eta))
     use_cfg = cfg if req.shaping is None else _with_shaping(cfg, req.shaping)
     shaping = make_shaping(use_cfg, names, table, cfg.timesteps)
     shape = (cfg.latent_channels, *cfg.latent_size)

@@ -69,11 +69,26 @@ class StepTable:
         return int(self.timesteps.shape[0])
 
 
+def check_eta(eta: float | None, flag: str = "--eta") -> None:
+    """DDIM eta lies in [0, 1] (None = the model's default). Above 1 the step noise sigma outgrows
+    sqrt(1 - a_prev) at some steps and the update's sqrt(1 - a_prev - sigma^2) is NaN."""
+    from ..errors import InputError
+
+    if eta is not None and not 0.0 <= eta <= 1.0:
+        raise InputError(f"{flag} {eta:g}: out of range (0 <= eta <= 1)")
+
+
+def resolve_eta(model_eta: float, eta: float | None, flag: str = "--eta") -> float:
+    """The eta to sample with: the request's, else the model's; either must lie in [0, 1]."""
+    check_eta(eta, flag)
+    check_eta(model_eta, "the model's eta")
+    return float(model_eta if eta is None else eta)
+
+
 def ddim_table(acp: np.ndarray, num_steps: int, eta: float = 0.0) -> StepTable:
     """DDIM coefficients exactly as the official sampler rounds them (all scalars float32, from the
     float32 alphas_cumprod buffer)."""
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    check_eta(eta, "eta")
     acp = np.asarray(acp, dtype=np.float32)
     ts = ddim_timesteps(num_steps, acp.shape[0])
     a = acp[ts]  # float32
