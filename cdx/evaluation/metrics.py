@@ -89,16 +89,31 @@ def paired_fd_ci(features_a: np.ndarray, features_b: np.ndarray, ref_mu: np.ndar
     paired bootstrap interval: each replicate draws N conditions with replacement and scores both methods'
     images of those conditions. (The bootstrap's duplicates bias each FD upwards; the difference is what is
     read.) Returns (difference, low, high)."""
-    fa, fb = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
-    if fa.shape != fb.shape or fa.ndim != 2 or fa.shape[0] < 2:
-        raise ValueError(f"need two (N >= 2, D) feature arrays of one shape, got {fa.shape}, {fb.shape}")
-    diff = frechet_distance(*feature_stats(fa), ref_mu, ref_sigma) - frechet_distance(*feature_stats(fb), ref_mu,
-                                                                                        ref_sigma)
+    return paired_fd_cis(features_a, {"b": features_b}, ref_mu, ref_sigma, reps, seed, level)["b"]
+
+
+def paired_fd_cis(features_a: np.ndarray, others: dict[str, np.ndarray], ref_mu: np.ndarray, ref_sigma: np.ndarray,
+                  reps: int = 300, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float, float]]:
+    """`paired_fd_ci` of a against each of several feature sets on the same replicates: a's FD per replicate is
+    computed once for all of them."""
+    fa = np.asarray(features_a, np.float64)
+    fbs = {k: np.asarray(v, np.float64) for k, v in others.items()}
+    for fb in fbs.values():
+        if fa.shape != fb.shape or fa.ndim != 2 or fa.shape[0] < 2:
+            raise ValueError(f"need two (N >= 2, D) feature arrays of one shape, got {fa.shape}, {fb.shape}")
+
+    def fd_ref(f: np.ndarray) -> float:
+        return frechet_distance(*feature_stats(f), ref_mu, ref_sigma)
+
     rng = np.random.default_rng(seed)
-    boot = np.empty(reps)
+    boot = {k: np.empty(reps) for k in fbs}
     for r in range(reps):
         idx = rng.integers(0, len(fa), size=len(fa))
-        boot[r] = (frechet_distance(*feature_stats(fa[idx]), ref_mu, ref_sigma)
-                   - frechet_distance(*feature_stats(fb[idx]), ref_mu, ref_sigma))
-    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
-    return float(diff), float(lo), float(hi)
+        fd_a = fd_ref(fa[idx])
+        for k, fb in fbs.items():
+            boot[k][r] = fd_a - fd_ref(fb[idx])
+    fd_a, out = fd_ref(fa), {}
+    for k, fb in fbs.items():
+        lo, hi = np.quantile(boot[k], [(1 - level) / 2, (1 + level) / 2])
+        out[k] = (float(fd_a - fd_ref(fb)), float(lo), float(hi))
+    return out

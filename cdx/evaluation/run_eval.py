@@ -31,7 +31,7 @@ from ..models.masks import one_hot
 from ..models.tokenizer import Tokenizer
 from ..train.synth import ALL_ATTRS, generate
 from .methods import METHODS, Method, method_named, run_method
-from .metrics import attribute_accuracy, fd, feature_stats, paired_ci, paired_fd_ci, pixel_accuracy
+from .metrics import attribute_accuracy, fd, feature_stats, paired_ci, paired_fd_cis, pixel_accuracy
 from .nets import CLASSIFIER_ATTRS, PARSE_SIZE, EvalNets, load_eval_nets, parse_target
 
 CONDITION_SEED = 72000
@@ -70,15 +70,12 @@ def paired(counts: dict[str, dict], reference: str, ref_features: np.ndarray | N
     """For each other method: reference's score minus its own (text and mask accuracy; FD too when the real
     faces' features are given: negative = reference better), with a 95 % paired bootstrap interval over the
     test conditions ([difference, low, high]; an interval excluding 0 = a real difference)."""
-    ref_stats = feature_stats(ref_features) if ref_features is not None else None
+    others = {m: c for m, c in counts.items() if m != reference}
+    fds = {} if ref_features is None else paired_fd_cis(
+        counts[reference]["features"], {m: c["features"] for m, c in others.items()}, *feature_stats(ref_features))
     out = {}
-    for m, c in counts.items():
-        if m == reference:
-            continue
-        out[m] = {}
-        if ref_stats is not None:
-            out[m]["fd"] = [round(v, 3) for v in paired_fd_ci(counts[reference]["features"], c["features"],
-                                                               *ref_stats)]
+    for m, c in others.items():
+        out[m] = {"fd": [round(v, 3) for v in fds[m]]} if m in fds else {}
         for key in ("text_acc", "mask_acc"):
             (num_r, den), (num_m, _) = counts[reference][key], c[key]
             out[m][key] = [round(v, 5) for v in paired_ci(num_r, num_m, den)] if den.sum() > 0 else None
