@@ -17,13 +17,13 @@ accuracy. `--plot` redraws a saved JSON with `--from-json`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
 
+from cdx.commands.common import parse_guidance
 from cdx.defaults import default_checkpoint
 from cdx.engine.backends import make_runner
 from cdx.engine.schedule import resolve_eta
@@ -52,14 +52,13 @@ def with_boost(cfg, scale: float | None):
 
 def with_bias(cfg, scale: float):
     """cfg with the mask's influence multiplied by `scale` at every step (no decay): a constant bias log(scale)
-    on the mask diffuser's logit, the text modality taking what the mask gives up."""
-    mods = tuple(dataclasses.replace(m, decay="none", influence_scale=float(scale) if m.kind == "mask" else 1.0)
-                 for m in cfg.modalities)
-    return dataclasses.replace(cfg, modalities=mods, shaping=True)
+    on the mask diffuser's logit, the text modality taking what the mask gives up (as `cdx train assemble
+    --shaping-decay none --shaping-scale` writes it)."""
+    return sampling_config(cfg, cfg.eta, True, None, scale, "none")
 
 
 def run(args) -> dict:
-    guidance = dict((k, float(v)) for k, v in (g.split("=") for g in args.guidance)) if args.guidance else None
+    guidance = parse_guidance(args.guidance) or None
     runner, desc = make_runner(args.backend, Path(args.checkpoint) if args.checkpoint else default_checkpoint(), None,
                                args.device, guidance=guidance)
     cfg = runner.cfg
