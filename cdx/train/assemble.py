@@ -64,7 +64,7 @@ def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
         model.unets[m.name].load_state_dict(net["unet"].state_dict(), strict=True)
         model.encoders[m.name].load_state_dict(net["encoder"].state_dict(), strict=True)
         stages[f"collaborator:{m.name}"] = _summary(meta, work / f"collab_{m.name}.safetensors")
-        if m.guidance != 1.0 and not (meta.get("collab") or {}).get("cond_drop", 0.0) > 0:
+        if m.guidance != 1.0 and not _trained_with_dropout(meta):
             raise InputError(f"--guidance {m.name}={m.guidance:g}: collab_{m.name}.safetensors was trained without "
                              f"condition dropout, so it has no unconditional prediction; train it with --cond-drop")
     diffs, dmeta = load_diffusers(cfg, work)
@@ -96,8 +96,7 @@ def resample(src: str | os.PathLike, out: str | os.PathLike, eta: float = 0.0, s
         raise InputError(f"--guidance: {e.args[0]} in this bundle") from None
     stages = (manifest.get("extra") or {}).get("stages") or {}
     for m in cfg.modalities:
-        trained = stages.get(f"collaborator:{m.name}")
-        if m.guidance != 1.0 and not (trained and ((trained.get("collab") or {}).get("cond_drop") or 0) > 0):
+        if m.guidance != 1.0 and not _trained_with_dropout(stages.get(f"collaborator:{m.name}")):
             raise InputError(f"--guidance {m.name}={m.guidance:g}: {src} does not record condition dropout for its "
                              f"{m.name} collaborator, so it has no unconditional prediction")
     again = CollaborativeModel(cfg)
@@ -105,6 +104,11 @@ def resample(src: str | os.PathLike, out: str | os.PathLike, eta: float = 0.0, s
     extra = {**_finite(manifest.get("extra") or {}), "sampling_from": bundle_hash(src),
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     return save_bundle(again.eval(), out, extra=extra, dtype=stored_dtype(src))
+
+
+def _trained_with_dropout(meta: dict | None) -> bool:
+    """Whether a collaborator's training record (stage manifest or its bundle summary) has condition dropout."""
+    return (((meta or {}).get("collab") or {}).get("cond_drop") or 0) > 0
 
 
 def _finite(obj):
