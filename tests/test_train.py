@@ -213,6 +213,35 @@ def test_train_diffusers_loss_falls_and_collaborators_stay_frozen(faces):
         assert all(torch.equal(v, b[k]) for k, v in c.state_dict().items())
 
 
+def test_train_diffusers_snr_weighting_weights_the_mixed_error_per_item(faces):
+    """--snr-weight-power on the diffusers: each item's error of the mixed eps times max(1, 1/SNR)^p."""
+    cfg = micro_config()
+    collabs = [randomize(nn.ModuleDict({"unet": UNet(m.unet), "encoder": encoder_for(m)}), seed=i).eval()
+               for i, m in enumerate(cfg.modalities)]
+    diffs = [randomize(UNet(m.diffuser), seed=5 + i) for i, m in enumerate(cfg.modalities)]
+    acp = schedule(cfg)
+    idx = torch.arange(4)
+    conds = [faces.condition_batch(m.kind, idx) for m in cfg.modalities]
+    g = torch.Generator().manual_seed(4)
+    z0, noise = torch.randn((4, 3, 8, 8), generator=g), torch.randn((4, 3, 8, 8), generator=g)
+    t = torch.tensor([3, 250, 700, 990])
+    with torch.no_grad():
+        a = acp[t].view(-1, 1, 1, 1)
+        eps_hat, _ = collaborative_eps(collabs, diffs, a.sqrt() * z0 + (1 - a).sqrt() * noise, t, conds)
+        per_item = (eps_hat - noise).pow(2).mean(dim=(1, 2, 3))
+        plain = diffusers_loss(collabs, diffs, z0, conds, t, noise, acp)
+        weighted = diffusers_loss(collabs, diffs, z0, conds, t, noise, acp, 0.5)
+    torch.testing.assert_close(plain, per_item.mean())
+    w = ((1 - acp[t]) / acp[t]).clamp(min=1.0) ** 0.5
+    assert w[0] == 1 and w[3] > 30
+    torch.testing.assert_close(weighted, (w * per_item).mean())
+
+
+def test_train_diffusers_cli_refuses_a_negative_snr_weight_power(tmp_path):
+    r = CliRunner().invoke(main, ["train", "diffusers", "--work", str(tmp_path), "--snr-weight-power", "-1"])
+    assert r.exit_code == 2 and "--snr-weight-power must be >= 0" in r.output
+
+
 def test_train_noise_schedule_is_the_samplers():
     """Training noises with the abar_t the DDIM table uses: sqrt(abar_t) is the table's B column."""
     from cdx.engine.schedule import ddim_table

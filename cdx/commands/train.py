@@ -140,13 +140,19 @@ def collaborator_cmd(modality, cond_drop, snr_weight_power, **o):
 
 @train.command("diffusers")
 @common_options
+@click.option("--snr-weight-power", type=float, default=0.0, show_default=True,
+              help="Weight the loss by max(1, 1/SNR)^p (0: Algorithm 1's plain eps error; 1: the x0 error "
+                   "where SNR < 1).")
 @friendly
-def diffusers_cmd(**o):
+def diffusers_cmd(snr_weight_power, **o):
     """Stage 3: the dynamic diffusers of all modalities, collaborators frozen (Algorithm 1)."""
+    from ..errors import InputError
     from ..train.diffusers import train_diffusers
 
+    if snr_weight_power < 0:
+        raise InputError(f"--snr-weight-power must be >= 0, got {snr_weight_power}")
     cfg, data, tc = _setup(o, "diffusers")
-    train_diffusers(cfg, data, tc, o["work"], o["resume"])
+    train_diffusers(cfg, data, tc, o["work"], o["resume"], snr_weight_power)
 
 
 @train.command("assemble")

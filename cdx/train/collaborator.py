@@ -68,11 +68,17 @@ def eps_loss(unet: nn.Module, encoder: nn.Module, z0: torch.Tensor, cond: torch.
     """The paper's Eq. 3 on one batch: mean over elements of (eps - eps_theta(z_t, t, tau(c)))^2;
     with `snr_weight_power` p, item b is weighted by max(1, 1 / SNR_t) ** p, SNR_t = abar_t / (1 - abar_t)."""
     eps_hat = unet(q_sample(z0, t, noise, acp), t, encoder(cond))
+    return snr_weighted_mse(eps_hat.float(), noise, t, acp, snr_weight_power)
+
+
+def snr_weighted_mse(eps_hat: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, acp: torch.Tensor,
+                     snr_weight_power: float = 0.0) -> torch.Tensor:
+    """Mean of (eps - eps_hat)^2, item b weighted by max(1, 1 / SNR_t) ** p (p = 0: the plain mean)."""
     if not snr_weight_power:
-        return F.mse_loss(eps_hat.float(), noise)
+        return F.mse_loss(eps_hat, noise)
     a = acp[t]  # (B,)
     w = ((1.0 - a) / a).clamp(min=1.0) ** snr_weight_power
-    return (w * (eps_hat.float() - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+    return (w * (eps_hat - noise).pow(2).mean(dim=(1, 2, 3))).mean()
 
 
 def draw_t_noise(gen: torch.Generator, batch: int, shape, timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,7 @@ the collaborators and their encoders frozen:
     I_m = D_m(z_t, t, c_m)                    influence logits, (M, B, 1, h, w)
     w_m = softmax_m(I_m)                      per pixel
     eps_hat = sum_m w_m * eps_theta_m(z_t, t, c_m)
-    L = || eps - eps_hat ||^2
+    L = || eps - eps_hat ||^2              (optionally weighted by max(1, 1/SNR_t)^p, as the collaborators)
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..kernels import combine_weights
@@ -23,7 +22,7 @@ from ..models.bundle import file_sha256
 from ..models.config import ModelConfig
 from ..models.unet import UNet
 from .autoencoder import jsonable, load_latents
-from .collaborator import draw_t_noise, load_collaborator, q_sample, schedule, zero_init
+from .collaborator import draw_t_noise, load_collaborator, q_sample, schedule, snr_weighted_mse, zero_init
 from .data import FaceSet
 from .init import init_from_bundle
 from .loop import TrainConfig, check_same, load_stage, pick_device, save_stage, seed_everything, train
@@ -42,14 +41,16 @@ def collaborative_eps(collabs: Sequence[nn.Module], diffusers: Sequence[nn.Modul
     return (w * eps).sum(dim=0), w
 
 
-def diffusers_loss(collabs, diffusers, z0, conds, t, noise, acp) -> torch.Tensor:
-    """Algorithm 1's loss on one batch: mean over elements of (eps - eps_hat)^2."""
+def diffusers_loss(collabs, diffusers, z0, conds, t, noise, acp, snr_weight_power: float = 0.0) -> torch.Tensor:
+    """Algorithm 1's loss on one batch: mean over elements of (eps - eps_hat)^2; with `snr_weight_power` p
+    each item is weighted by max(1, 1 / SNR_t) ** p (p = 1: the error of the x0 the mix implies where
+    SNR < 1, so the high-noise steps, where the layout is decided, count as much as the rest)."""
     eps_hat, _ = collaborative_eps(collabs, diffusers, q_sample(z0, t, noise, acp), t, conds)
-    return F.mse_loss(eps_hat, noise)
+    return snr_weighted_mse(eps_hat, noise, t, acp, snr_weight_power)
 
 
 def train_diffusers(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, work: str | os.PathLike,
-                    resume: bool = False) -> dict:
+                    resume: bool = False, snr_weight_power: float = 0.0) -> dict:
     """Train every modality's dynamic diffuser; write `work/diffusers.safetensors` (keys `<name>.*`)."""
     work = Path(work)
     device = pick_device(tc.device)
@@ -68,11 +69,12 @@ def train_diffusers(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, work: str 
         idx = data.random_indices(g, tc.batch)
         conds = [data.condition_batch(m.kind, idx, device) for m in cfg.modalities]
         t, noise = draw_t_noise(g, tc.batch, shape, cfg.timesteps)
-        return diffusers_loss(collabs, diffs, latents[idx].to(device), conds, t.to(device), noise.to(device), acp)
+        return diffusers_loss(collabs, diffs, latents[idx].to(device), conds, t.to(device), noise.to(device), acp,
+                              snr_weight_power)
 
     meta = {"stage": "diffusers", "diffusers": jsonable({m.name: asdict(m.diffuser) for m in cfg.modalities}),
             "collaborators_sha256": {n: file_sha256(work / f"collab_{n}.safetensors") for n in names},
-            "vae_sha256": lmeta["vae_sha256"], "data": data.fingerprint}
+            "vae_sha256": lmeta["vae_sha256"], "data": data.fingerprint, "snr_weight_power": snr_weight_power}
     if init:
         meta["init_from"] = init
     ema, res = train("diffusers", net, loss_fn, tc, gen, work / "diffusers.ckpt.safetensors", resume, meta)

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# One call on a lent GPU that re-trains a bundle's dynamic diffusers (Algorithm 1, collaborators frozen)
+# in several variants side by side, scores each on held-out conditions, and runs the GPU tests:
+#
+#   OUT=/some/empty/folder bash benchmarks/device_diffusers.sh
+#
+#   1. the GPU tests (tests/test_cuda_graph.py, the kernel file's GPU tests) in the background
+#   2. INIT_FROM's autoencoder encodes DATA new faces; its collaborators are taken as they are (0 steps)
+#   3. per variant NAME:P, `cdx train diffusers --init-from INIT_FROM --snr-weight-power P` for DIF_MIN
+#      minutes, all variants at once on the one GPU, each then assembled with ASM_ARGS
+#   4. `cdx eval --n EVAL_N --seed EVAL_SEED` on CUDA: INIT_FROM with OLD_METHODS, each variant with
+#      NEW_METHODS (all at once), JSONs eval_<name>.json in OUT
+#
+# Brings back train.log, eval_*.json and bundles.tar.part-?? (per variant its bundle less the files equal to
+# INIT_FROM's, which same_as_init_from.txt lists; the GPU test log and junit; `cat bundles.tar.part-* | tar x`).
+#
+# Environment: OUT, PYTHON (default python3), SESSION_BUDGET_S (default 540: the whole script), INIT_FROM
+# (default the shipped model), DATA, DATA_SEED, DIF_MIN, DB, DIF_LR, VARIANTS (default "p0:0 p1:1"),
+# COL_ARGS (the collaborators' training record; default "--cond-drop 0.1", as the shipped model's),
+# ASM_ARGS (default the shipped model's sampling), EVAL_N, EVAL_SEED, OLD_METHODS, NEW_METHODS,
+# DEVICE_CHECK_DRY_RUN=1 (CPU, a few hundred faces, seconds per stage: tests this script, measures nothing).
+set -u
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${OUT:-$REPO/device_diffusers_out}
+PY=${PYTHON:-$(command -v python3 || command -v python)}
+BUDGET=${SESSION_BUDGET_S:-540}
+DRY=${DEVICE_CHECK_DRY_RUN:-0}
+START=$(date +%s)
+W=$(mktemp -d "${TMPDIR:-/tmp}/device_diffusers.XXXXXX")
+PACK=$W/pack
+mkdir -p "$OUT" "$PACK"
+LOG=$OUT/train.log
+: > "$LOG"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+cd "$REPO" || exit 2
+
+say() { echo "device_diffusers [$(( $(date +%s) - START )) s]: $*" | tee -a "$LOG"; }
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+
+if [ "$DRY" = "1" ]; then  # small and short: this checks the script, not the model
+  D=(400 2 cpu 0.1 8 8) TESTS_ON=0
+else
+  D=(64000 12 cuda 3.5 256 256) TESTS_ON=1
+fi
+DATA=${DATA:-${D[0]}} WORKERS=${D[1]} DEV=${D[2]} DIF_MIN=${DIF_MIN:-${D[3]}} DB=${DB:-${D[4]}}
+EVAL_N=${EVAL_N:-${D[5]}} DIF_LR=${DIF_LR:-2e-4} DATA_SEED=${DATA_SEED:-5678} EVAL_SEED=${EVAL_SEED:-1}
+INIT_FROM=${INIT_FROM:-$REPO/cdx/data/default_model} VARIANTS=${VARIANTS:-p0:0 p1:1}
+OLD_METHODS=${OLD_METHODS:-collaborative,composable,no_temporal}
+NEW_METHODS=${NEW_METHODS:-collaborative,no_temporal}
+read -r -a COL_EXTRA <<< "${COL_ARGS:---cond-drop 0.1}"
+read -r -a ASM_EXTRA <<< "${ASM_ARGS:---eta 1.0 --shaping --shaping-scale 16 --guidance text=4}"
+COMMON=(--preset small --data-size "$DATA" --data-seed "$DATA_SEED" --data-workers "$WORKERS" --seed 0
+        --device "$DEV" --init-from "$INIT_FROM")
+TRAIN=("$PY" -m cdx train)
+
+say "repo $REPO, work $W, data $DATA (seed $DATA_SEED), init $INIT_FROM, variants '$VARIANTS', budget $BUDGET s"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" >> "$LOG" 2>&1
+
+# 1. GPU tests, in the background (they check correctness, so they may share the GPU)
+TESTS=""
+if [ "$TESTS_ON" = "1" ]; then
+  timeout --kill-after=10 240 "$PY" -m pytest -p no:cacheprovider --noconftest -q -rA \
+    --junitxml="$PACK/gpu_tests.xml" tests/test_cuda_graph.py tests/test_kernel_collaborate.py -k "gpu or cuda" \
+    > "$PACK/gpu_tests.log" 2>&1 &
+  TESTS=$!
+fi
+
+# 2. the data, encoded by INIT_FROM's autoencoder; INIT_FROM's collaborators as they are
+ok=1
+say "encoding $DATA faces"
+timeout --kill-after=10 200 "${TRAIN[@]}" vae --work "$W/base" "${COMMON[@]}" --steps 0 >> "$LOG" 2>&1 || ok=0
+if [ "$ok" = "1" ]; then
+  say "collaborators (0 steps: INIT_FROM's weights)"
+  for m in text mask; do
+    timeout --kill-after=10 120 "${TRAIN[@]}" collaborator --modality "$m" --work "$W/base" "${COMMON[@]}" \
+      --steps 0 "${COL_EXTRA[@]}" >> "$LOG" 2>&1 || ok=0
+  done
+fi
+
+# 3. the diffuser variants, side by side
+if [ "$ok" = "1" ]; then
+  say "diffusers: $VARIANTS ($DIF_MIN min each, batch $DB, lr $DIF_LR, all at once)"
+  pids=() names=()
+  for v in $VARIANTS; do
+    name=${v%%:*} p=${v#*:}
+    cp -al "$W/base" "$W/$name"
+    timeout --kill-after=10 "$("$PY" -c "import sys; print(int(float(sys.argv[1]) * 60 + 90))" "$DIF_MIN")" \
+      "${TRAIN[@]}" diffusers --work "$W/$name" "${COMMON[@]}" --steps 1000000 --batch "$DB" --lr "$DIF_LR" \
+      --warmup 100 --ema-decay 0.995 --max-minutes "$DIF_MIN" --snr-weight-power "$p" > "$W/dif_$name.log" 2>&1 &
+    pids+=($!) names+=("$name")
+  done
+  for i in "${!pids[@]}"; do
+    if wait "${pids[$i]}"; then
+      timeout 120 "${TRAIN[@]}" assemble --work "$W/${names[$i]}" --preset small --out "$PACK/${names[$i]}" \
+        "${ASM_EXTRA[@]}" >> "$W/dif_${names[$i]}.log" 2>&1 || say "assemble ${names[$i]} failed"
+    else
+      say "diffusers ${names[$i]} failed"
+    fi
+    grep -v "^diffusers step" "$W/dif_${names[$i]}.log" | tail -n 5 >> "$LOG"
+  done
+fi
+
+# 4. held-out evaluation, the old bundle and every variant at once
+if [ "$ok" = "1" ]; then
+  T=$(( $(left) - 25 ))
+  if (( T < 45 )); then
+    say "eval skipped (time budget spent)"
+  else
+    say "eval n $EVAL_N seed $EVAL_SEED, $T s"
+    pids=()
+    for b in old $(for v in $VARIANTS; do echo "${v%%:*}"; done); do
+      B=$PACK/$b M=$NEW_METHODS
+      [ "$b" = old ] && B=$INIT_FROM M=$OLD_METHODS
+      [ -f "$B/bundle.json" ] || continue
+      timeout --kill-after=10 "$T" "$PY" -m cdx eval --checkpoint "$B" --backend torch --device "$DEV" \
+        --n "$EVAL_N" --seed "$EVAL_SEED" --n-ref 512 --batch "$EVAL_N" --methods "$M" \
+        --json "$OUT/eval_$b.json" > "$W/eval_$b.log" 2>&1 &
+      pids+=($!)
+    done
+    for p in "${pids[@]}"; do wait "$p" || say "an eval failed"; done
+    for f in "$W"/eval_*.log; do echo "== $f" >> "$LOG"; grep -v "it/s\]" "$f" | tail -n 12 >> "$LOG"; done
+  fi
+fi
+if [ -n "$TESTS" ]; then wait "$TESTS"; say "GPU tests: exit $? ($(tail -n 1 "$PACK/gpu_tests.log"))"; fi
+for v in $VARIANTS; do  # only what differs from INIT_FROM travels back; the rest is listed, to copy from it
+  d=$PACK/${v%%:*}
+  [ -d "$d" ] || continue
+  for f in "$d"/*.safetensors; do
+    if cmp -s "$f" "$INIT_FROM/$(basename "$f")"; then basename "$f" >> "$d/same_as_init_from.txt"; rm "$f"; fi
+  done
+done
+cp "$LOG" "$PACK/train.log"
+tar -C "$PACK" -cf - . | split -b 16700000 - "$OUT/bundles.tar.part-"
+say "packed $(du -sh "$PACK" | cut -f1) into $(ls "$OUT" | grep -c bundles.tar.part) part(s)"
+rm -rf "$W"
+say "done (ok=$ok)"
