@@ -9,7 +9,7 @@
 #   3. per variant NAME:P, `cdx train diffusers --init-from INIT_FROM --snr-weight-power P` for DIF_MIN
 #      minutes, all variants at once on the one GPU, each then assembled with ASM_ARGS
 #   4. `cdx eval --n EVAL_N --seed EVAL_SEED` on CUDA: INIT_FROM with OLD_METHODS, each variant with
-#      NEW_METHODS (all at once), JSONs eval_<name>.json in OUT
+#      NEW_METHODS (in turn), JSONs eval_<name>.json in OUT
 #
 # Brings back train.log, eval_*.json and bundles.tar.part-?? (per variant its bundle less the files equal to
 # INIT_FROM's, which same_as_init_from.txt lists; the GPU test log and junit; `cat bundles.tar.part-* | tar x`).
@@ -102,26 +102,22 @@ if [ "$ok" = "1" ]; then
   done
 fi
 
-# 4. held-out evaluation, the old bundle and every variant at once
+# 4. held-out evaluation, the old bundle and every variant, one after another: side by side on the H200
+#    machine four evals generated their images in 19 s, then all sat in the CPU-side scoring past 178 s (each
+#    process's threads on all 16 cores); in turn the four took 108 s
 if [ "$ok" = "1" ]; then
-  T=$(( $(left) - 25 ))
-  if (( T < 45 )); then
-    say "eval skipped (time budget spent)"
-  else
-    say "eval n $EVAL_N seed $EVAL_SEED, $T s"
-    pids=()
-    for b in old $(for v in $VARIANTS; do echo "${v%%:*}"; done); do
-      B=$PACK/$b M=$NEW_METHODS
-      [ "$b" = old ] && B=$INIT_FROM M=$OLD_METHODS
-      [ -f "$B/bundle.json" ] || continue
-      timeout --kill-after=10 "$T" "$PY" -m cdx eval --checkpoint "$B" --backend torch --device "$DEV" \
-        --n "$EVAL_N" --seed "$EVAL_SEED" --n-ref 512 --batch "$EVAL_N" --methods "$M" \
-        --json "$OUT/eval_$b.json" > "$W/eval_$b.log" 2>&1 &
-      pids+=($!)
-    done
-    for p in "${pids[@]}"; do wait "$p" || say "an eval failed"; done
-    for f in "$W"/eval_*.log; do echo "== $f" >> "$LOG"; grep -v "it/s\]" "$f" | tail -n 12 >> "$LOG"; done
-  fi
+  say "eval n $EVAL_N seed $EVAL_SEED"
+  for b in old $(for v in $VARIANTS; do echo "${v%%:*}"; done); do
+    B=$PACK/$b M=$NEW_METHODS
+    [ "$b" = old ] && B=$INIT_FROM M=$OLD_METHODS
+    [ -f "$B/bundle.json" ] || continue
+    T=$(( $(left) - 25 ))
+    if (( T < 30 )); then say "eval $b skipped (time budget spent)"; continue; fi
+    timeout --kill-after=10 "$T" "$PY" -m cdx eval --checkpoint "$B" --backend torch --device "$DEV" \
+      --n "$EVAL_N" --seed "$EVAL_SEED" --n-ref 512 --batch "$EVAL_N" --methods "$M" \
+      --json "$OUT/eval_$b.json" > "$W/eval_$b.log" 2>&1 || say "eval $b failed"
+    echo "== eval $b" >> "$LOG"; grep -v "it/s\]\|batch/s\]" "$W/eval_$b.log" | tail -n 12 >> "$LOG"
+  done
 fi
 if [ -n "$TESTS" ]; then wait "$TESTS"; say "GPU tests: exit $? ($(tail -n 1 "$PACK/gpu_tests.log"))"; fi
 for v in $VARIANTS; do  # only what differs from INIT_FROM travels back; the rest is listed, to copy from it
