@@ -253,3 +253,14 @@ def test_eval_command_refuses_unknown_method(tiny_bundle):
     r = CliRunner().invoke(main, ["eval", "--backend", "torch", "--checkpoint", str(tiny_bundle),
                                   "--methods", "collaborative,magic"])
     assert r.exit_code == 2 and "magic" in r.output
+
+
+def test_config_with_shaping_switches_the_flag_alone():
+    """`--shaping/--no-shaping` of run and eval: the model's own setting when not given."""
+    import dataclasses
+
+    cfg = preset("tiny")
+    assert cfg.with_shaping(None) is cfg
+    for on in (True, False):
+        got = cfg.with_shaping(on)
+        assert got.shaping is on and dataclasses.replace(got, shaping=cfg.shaping) == cfg

@@ -41,8 +41,6 @@ def _check_writable(path: Path | None, flag: str) -> None:
 def eval_(checkpoint, backend, device, n, seed, steps, batch, eta, guidance, shaping, n_ref, methods, eval_nets,
           json_path, md_path):
     """Score the methods on synthetic test faces: FD (lower is better), text acc, mask acc."""
-    import dataclasses
-
     from tqdm import tqdm
 
     from ..defaults import default_checkpoint
@@ -81,7 +79,7 @@ def eval_(checkpoint, backend, device, n, seed, steps, batch, eta, guidance, sha
     if steps > runner.cfg.timesteps:
         raise InputError(f"--steps must be in 1..{runner.cfg.timesteps}, got {steps}")
     eta = resolve_eta(runner.cfg.eta, eta)
-    cfg = runner.cfg if shaping is None else dataclasses.replace(runner.cfg, shaping=shaping)
+    cfg = runner.cfg.with_shaping(shaping)
     with tqdm(total=len(chosen) * -(-n // batch), desc="generating", unit="batch", leave=False) as bar:
         result = evaluate(runner, cfg, n=n, seed=seed, steps=steps, methods=chosen, batch=batch, nets=nets,
                           n_ref=n_ref, progress=lambda msg: bar.update(1), eta=eta)

@@ -101,8 +101,7 @@ def generate(runner: Runner, cfg: ModelConfig, req: Request, callback: Callable[
     names, contexts = encode_conditions(runner, cfg, req)
     acp = alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end))
     table = make_table(acp, req.steps, req.sampler, resolve_eta(cfg.eta, req.eta))
-    use_cfg = cfg if req.shaping is None else _with_shaping(cfg, req.shaping)
-    shaping = make_shaping(use_cfg, names, table, cfg.timesteps)
+    shaping = make_shaping(cfg.with_shaping(req.shaping), names, table, cfg.timesteps)
     shape = (cfg.latent_channels, *cfg.latent_size)
     x_T, steps_noise = noise if noise is not None else draw_noise(req.seed, req.batch, shape, table.num_steps)
     loop_fn = sample
@@ -112,12 +111,6 @@ def generate(runner: Runner, cfg: ModelConfig, req: Request, callback: Callable[
     image = runner.run("vae_decoder", {"latent": loop.z0})["image"]
     return Result(images=to_uint8(image), image_tensor=image, loop=loop, modalities=names,
                   timesteps=table.timesteps)
-
-
-def _with_shaping(cfg: ModelConfig, on: bool) -> ModelConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, shaping=on)
 
 
 def influence_grid(influence: torch.Tensor, names: Sequence[str], timesteps: np.ndarray, max_cols: int = 10,

@@ -75,6 +75,10 @@ class ModelConfig:
                      for m in self.modalities)
         return dataclasses.replace(self, modalities=mods)
 
+    def with_shaping(self, on: bool | None) -> "ModelConfig":
+        """This config with the official influence shaping switched on or off (None: as it is)."""
+        return self if on is None else dataclasses.replace(self, shaping=bool(on))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
