@@ -25,7 +25,7 @@ from cdx.models.text_encoder import TextEncoderConfig
 from cdx.models.unet import UNet, UNetConfig
 from cdx.train import loop
 from cdx.train.assemble import assemble, resample
-from cdx.train.autoencoder import VaeConfig, load_latents, train_vae, vae_loss
+from cdx.train.autoencoder import VaeConfig, encode_means, load_latents, scale_factor_of, train_vae, vae_loss
 from cdx.train.collaborator import CollabConfig, eps_loss, schedule, train_collaborator, zero_init
 from cdx.train.data import DataConfig, FaceSet, build_arrays, load_faces
 from cdx.train.diffusers import collaborative_eps, diffusers_loss, train_diffusers
@@ -422,7 +422,9 @@ def test_train_init_from_a_bundle_starts_every_stage_from_its_weights(faces, tmp
     # zero steps from the bundle: every stage saves exactly the bundle's weights again
     work2, again = tmp_path / "work2", tmp_path / "again"
     tc0 = dataclasses.replace(tc, steps=0, init_from=str(src))
-    train_vae(cfg, faces, tc0, VaeConfig(scale_images=8), work2)
+    train_vae(cfg, faces, tc0, VaeConfig(scale_images=4), work2)  # another measurement of the scale...
+    measured = scale_factor_of(encode_means(load_bundle(src).vae, faces)[:4])
+    assert measured != load_bundle(src).cfg.scale_factor
     for name in ("mask", "text"):
         train_collaborator(cfg, name, faces, tc0, CollabConfig(), work2)
     train_diffusers(cfg, faces, tc0, work2)
@@ -432,6 +434,7 @@ def test_train_init_from_a_bundle_starts_every_stage_from_its_weights(faces, tmp
     for key in a:
         sa, sb = a[key].state_dict(), b[key].state_dict()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), key
+    assert load_bundle(again).cfg.scale_factor == load_bundle(src).cfg.scale_factor  # ...which is not used
     stages = read_manifest(again)["extra"]["stages"]
     assert {v.get("init_from") for v in stages.values()} == {bundle_hash(src)}
     assert {v["loss"] for v in stages.values()} == {None}  # no step ran: null, not NaN

@@ -3,7 +3,8 @@
 Loss: L1 reconstruction of a posterior sample's decoding, an optional L1 on image gradients
 (sharper edges), and LDM's KL term with its small weight. No discriminator, no LPIPS. Afterwards
 scale_factor = 1 / std of the posterior means over a few thousand images, as LDM does, so that the
-diffusion stages see latents of unit variance.
+diffusion stages see latents of unit variance. Zero steps from a bundle (`--init-from B --steps 0`) keep
+B's scale factor, as its collaborators were trained with it.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..models.autoencoder import Autoencoder
-from ..models.bundle import file_sha256
+from ..models.bundle import file_sha256, read_manifest
 from ..models.config import ModelConfig
 from .data import FaceSet
 from .init import init_from_bundle
@@ -130,7 +131,13 @@ def train_vae(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, vc: VaeConfig, w
         meta["init_from"] = init
     ema, res = train("vae", vae, loss_fn, tc, gen, work / "vae.ckpt.safetensors", resume, meta)
     means = encode_means(ema, data)  # the whole set, once: the scale factor and the next stages' latents
-    scale = scale_factor_of(means[:vc.scale_images])
+    if init and res.step == 0:
+        # the bundle's autoencoder unchanged: keep the scale its collaborators were trained at (re-measured
+        # on other faces it would differ in the third digit, and every latent with it)
+        scale = float(read_manifest(tc.init_from)["config"]["scale_factor"])
+        meta["scale_factor_from"] = "init_from"
+    else:
+        scale = scale_factor_of(means[:vc.scale_images])
     with torch.no_grad():
         x = data.image_batch(torch.arange(min(256, len(data)))).to(device)
         rec_l1 = float((ema.decode(means[:x.shape[0]].to(device)).float() - x).abs().mean())
