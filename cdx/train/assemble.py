@@ -123,5 +123,6 @@ def _finite(obj):
 
 
 def _summary(meta: dict, path: Path) -> dict:
-    keep = ("steps", "loss", "scale_factor", "recon_l1_mean", "samples_per_s", "train", "vae", "collab", "init_from")
+    keep = ("steps", "loss", "scale_factor", "recon_l1_mean", "samples_per_s", "train", "vae", "collab", "init_from",
+            "snr_weight_power")
     return _finite({"sha256": file_sha256(path), **{k: meta[k] for k in keep if k in meta}})
