@@ -242,6 +242,16 @@ def test_train_diffusers_cli_refuses_a_negative_snr_weight_power(tmp_path):
     assert r.exit_code == 2 and "--snr-weight-power must be >= 0" in r.output
 
 
+def test_assemble_dropout_record_is_inherited_by_zero_steps_only():
+    from cdx.train.assemble import _trained_with_dropout
+
+    dropped = {"steps": 900, "collab": {"cond_drop": 0.1}}
+    assert _trained_with_dropout(dropped) and not _trained_with_dropout({"steps": 9, "collab": {"cond_drop": 0}})
+    assert _trained_with_dropout({"steps": 0, "collab": {"cond_drop": 0}, "init_stage": dropped})
+    assert not _trained_with_dropout({"steps": 5, "collab": {"cond_drop": 0}, "init_stage": dropped})  # trained on
+    assert not _trained_with_dropout({"steps": 0, "init_stage": {"steps": 3}}) and not _trained_with_dropout(None)
+
+
 def test_train_noise_schedule_is_the_samplers():
     """Training noises with the abar_t the DDIM table uses: sqrt(abar_t) is the table's B column."""
     from cdx.engine.schedule import ddim_table
@@ -262,7 +272,7 @@ def alphas_cumprod_of(cfg):
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def _mask_collaborator_run(faces, tc: TrainConfig, ckpt, resume=False, meta=None):
+def _mask_collaborator_run(faces, tc: TrainConfig, ckpt, resume=False, meta=None, resume_same=None):
     cfg = micro_config()
     m = cfg.modality("mask")
     gen = loop.seed_everything(tc.seed)
@@ -276,7 +286,8 @@ def _mask_collaborator_run(faces, tc: TrainConfig, ckpt, resume=False, meta=None
         return eps_loss(net["unet"], net["encoder"], z_all[idx], faces.mask_batch(idx), t,
                         torch.randn((tc.batch, 3, 8, 8), generator=g), acp)
 
-    ema, res = loop.train("resume-test", net, loss, tc, gen, ckpt, resume, meta or {"stage": "test"})
+    ema, res = loop.train("resume-test", net, loss, tc, gen, ckpt, resume, meta or {"stage": "test"},
+                          resume_same=resume_same)
     return net, ema, res
 
 
@@ -312,6 +323,25 @@ def test_train_checkpoint_of_another_stage_is_refused(faces, tmp_path):
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(StaleArtifactError, match="unreadable checkpoint"):
         _mask_collaborator_run(faces, quick(steps=4, batch=2), ckpt, resume=True)
+
+
+def test_train_resume_refuses_a_checkpoint_made_with_another_loss(faces, tmp_path):
+    """A resumed run continues the same loss: e.g. the diffusers' --snr-weight-power (absent in older
+    checkpoints: they were made with 0)."""
+    same = {"snr_weight_power": 0.0}
+    old, ckpt = tmp_path / "old.safetensors", tmp_path / "c.safetensors"
+    _mask_collaborator_run(faces, quick(steps=2, batch=2), old)  # meta without the key
+    _mask_collaborator_run(faces, quick(steps=2, batch=2), ckpt, meta={"stage": "test", "snr_weight_power": 1.0})
+    with pytest.raises(StaleArtifactError, match=r"different snr_weight_power \(1\.0, now 0\.5\)"):
+        _mask_collaborator_run(faces, quick(steps=4, batch=2), ckpt, resume=True,
+                               meta={"stage": "test", "snr_weight_power": 0.5}, resume_same=same)
+    with pytest.raises(StaleArtifactError, match=r"different snr_weight_power \(0\.0, now 1\.0\)"):
+        _mask_collaborator_run(faces, quick(steps=4, batch=2), old, resume=True,
+                               meta={"stage": "test", "snr_weight_power": 1.0}, resume_same=same)
+    for path, p in ((ckpt, 1.0), (old, 0.0)):
+        _, _, res = _mask_collaborator_run(faces, quick(steps=4, batch=2), path, resume=True,
+                                           meta={"stage": "test", "snr_weight_power": p}, resume_same=same)
+        assert res.start_step == 2 and res.step == 4
 
 
 def test_train_time_budget_stops_the_loop(faces, tmp_path):
@@ -437,6 +467,9 @@ def test_train_init_from_a_bundle_starts_every_stage_from_its_weights(faces, tmp
     assert load_bundle(again).cfg.scale_factor == load_bundle(src).cfg.scale_factor  # ...which is not used
     stages = read_manifest(again)["extra"]["stages"]
     assert {v.get("init_from") for v in stages.values()} == {bundle_hash(src)}
+    src_stages = read_manifest(src)["extra"]["stages"]  # each leg keeps the record of the one it started from
+    assert set(stages) == set(src_stages) and all(stages[k]["init_stage"] == src_stages[k] for k in stages)
+    assert stages["vae"]["scale_factor_from"] == "init_from" and "scale_factor_from" not in src_stages["vae"]
     assert {v["loss"] for v in stages.values()} == {None}  # no step ran: null, not NaN
     json.loads((again / "bundle.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in bundle.json"))
 

@@ -107,8 +107,12 @@ def resample(src: str | os.PathLike, out: str | os.PathLike, eta: float = 0.0, s
 
 
 def _trained_with_dropout(meta: dict | None) -> bool:
-    """Whether a collaborator's training record (stage manifest or its bundle summary) has condition dropout."""
-    return (((meta or {}).get("collab") or {}).get("cond_drop") or 0) > 0
+    """Whether a collaborator's training record (stage manifest or its bundle summary) has condition dropout:
+    its own, or, for zero steps from a bundle, that of the collaborator it copied (`init_stage`)."""
+    meta = meta or {}
+    if ((meta.get("collab") or {}).get("cond_drop") or 0) > 0:
+        return True
+    return meta.get("steps") == 0 and _trained_with_dropout(meta.get("init_stage"))
 
 
 def _finite(obj):
@@ -123,6 +127,6 @@ def _finite(obj):
 
 
 def _summary(meta: dict, path: Path) -> dict:
-    keep = ("steps", "loss", "scale_factor", "recon_l1_mean", "samples_per_s", "train", "vae", "collab", "init_from",
-            "snr_weight_power")
+    keep = ("steps", "loss", "scale_factor", "scale_factor_from", "recon_l1_mean", "samples_per_s", "train", "vae",
+            "collab", "snr_weight_power", "init_from", "init_stage")
     return _finite({"sha256": file_sha256(path), **{k: meta[k] for k in keep if k in meta}})

@@ -127,8 +127,7 @@ def train_vae(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, vc: VaeConfig, w
         return vae_loss(vae, x.to(device), noise.to(device), vc.kl_weight, vc.edge_weight)[0]
 
     meta = {"stage": "vae", "autoencoder": jsonable(asdict(cfg.autoencoder)), "data": data.fingerprint}
-    if init:
-        meta["init_from"] = init
+    meta.update(init or {})
     ema, res = train("vae", vae, loss_fn, tc, gen, work / "vae.ckpt.safetensors", resume, meta)
     means = encode_means(ema, data)  # the whole set, once: the scale factor and the next stages' latents
     if init and res.step == 0:

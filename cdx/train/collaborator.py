@@ -138,13 +138,12 @@ def train_collaborator(cfg: ModelConfig, name: str, data: FaceSet, tc: TrainConf
                         noise.to(device), acp, cc.snr_weight_power)
 
     meta = {"stage": "collaborator", "modality": modality_record(m), "vae_sha256": lmeta["vae_sha256"],
-            "data": data.fingerprint}
-    if init:
-        meta["init_from"] = init
+            "data": data.fingerprint, "collab": jsonable(asdict(cc))}
+    meta.update(init or {})
     ema, res = train(f"collaborator:{name}", net, loss_fn, tc, gen, work / f"collab_{name}.ckpt.safetensors",
-                     resume, meta)
+                     resume, meta, resume_same={"collab": jsonable(asdict(CollabConfig()))})
     manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "samples_per_s": res.steps_per_s * tc.batch,
-                "train": jsonable(asdict(tc)), "collab": jsonable(asdict(cc))}
+                "train": jsonable(asdict(tc))}
     out = work / f"collab_{name}.safetensors"
     save_stage(out, ema.state_dict(), manifest)
     print(f"collaborator {name}: {res.step} steps, loss {res.loss_text()} -> {out}", flush=True)

@@ -75,9 +75,9 @@ def train_diffusers(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, work: str 
     meta = {"stage": "diffusers", "diffusers": jsonable({m.name: asdict(m.diffuser) for m in cfg.modalities}),
             "collaborators_sha256": {n: file_sha256(work / f"collab_{n}.safetensors") for n in names},
             "vae_sha256": lmeta["vae_sha256"], "data": data.fingerprint, "snr_weight_power": snr_weight_power}
-    if init:
-        meta["init_from"] = init
-    ema, res = train("diffusers", net, loss_fn, tc, gen, work / "diffusers.ckpt.safetensors", resume, meta)
+    meta.update(init or {})
+    ema, res = train("diffusers", net, loss_fn, tc, gen, work / "diffusers.ckpt.safetensors", resume, meta,
+                     resume_same={"snr_weight_power": 0.0})
     manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "samples_per_s": res.steps_per_s * tc.batch,
                 "train": jsonable(asdict(tc))}
     out = work / "diffusers.safetensors"

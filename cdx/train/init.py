@@ -2,7 +2,8 @@
 
 A stage's fresh module is filled from the bundle's part of the same name (the autoencoder, one
 modality's UNet and condition encoder, or the dynamic diffusers); the architecture must match
-exactly. The stage's manifest records the bundle's hash, so the provenance reaches `assemble`.
+exactly. The stage's manifest records the bundle's hash and the bundle's record of that part, so the
+provenance reaches `assemble`.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 from torch import nn
 
 from ..errors import InputError
-from ..models.bundle import bundle_hash, load_bundle
+from ..models.bundle import bundle_hash, load_bundle, read_manifest
 
 
 def bundle_part(model, part: str) -> nn.Module:
@@ -26,12 +27,15 @@ def bundle_part(model, part: str) -> nn.Module:
     raise InputError(f"--init-from: the bundle has no {part!r}")
 
 
-def init_from_bundle(module: nn.Module, path: str | os.PathLike, part: str) -> str:
-    """Copy `part` of the bundle at `path` into `module` in place; returns the bundle's hash."""
+def init_from_bundle(module: nn.Module, path: str | os.PathLike, part: str) -> dict:
+    """Copy `part` of the bundle at `path` into `module` in place. Returns what the stage's manifest records
+    of its start: `init_from` (the bundle's hash) and `init_stage` (the bundle's own record of how that part
+    was trained, when it has one), so that a chain of fine-tuning legs keeps every leg's record."""
     src = bundle_part(load_bundle(path), part)
     try:
         module.load_state_dict(src.state_dict(), strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise InputError(f"--init-from {path}: its {part} does not match this preset ({first})") from None
-    return bundle_hash(path)
+    record = ((read_manifest(path).get("extra") or {}).get("stages") or {}).get(part)
+    return {"init_from": bundle_hash(path), **({"init_stage": record} if record else {})}

@@ -191,11 +191,13 @@ def _sub(tensors: dict, prefix: str) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-                    gen: torch.Generator, expect_meta: dict | None = None) -> int:
-    """Restore model, EMA, optimizer and RNG states in place; returns the saved step."""
+                    gen: torch.Generator, expect_meta: dict | None = None, absent: dict | None = None) -> int:
+    """Restore model, EMA, optimizer and RNG states in place; returns the saved step. Every key of
+    `expect_meta` must have that value in the checkpoint's meta (`absent[key]`, when the key is missing:
+    what a checkpoint older than the key meant)."""
     tensors, doc = read_checkpoint(path)
     for key, want in (expect_meta or {}).items():
-        got = doc["meta"].get(key)
+        got = doc["meta"].get(key, (absent or {}).get(key))
         if got != want:
             raise StaleArtifactError(f"{path}: checkpoint was made with a different {key} ({got!r}, now "
                                      f"{want!r}); delete it or train without --resume")
@@ -227,10 +229,11 @@ def _log(msg: str) -> None:
 
 def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, gen: torch.Generator,
           ckpt: str | os.PathLike | None = None, resume: bool = False, meta: dict | None = None,
-          ema: nn.Module | None = None) -> tuple[nn.Module, LoopResult]:
+          ema: nn.Module | None = None, resume_same: dict | None = None) -> tuple[nn.Module, LoopResult]:
     """Minimise `loss_fn(gen)` over the trainable parameters of `model` (already on its device).
 
-    Stops after `cfg.steps` steps in total or `cfg.max_minutes` of this invocation, whichever comes
+    `resume_same` names the keys of `meta` that define the loss (key -> its value in checkpoints made before
+    the key existed): a checkpoint made with other values is not resumed. Stops after `cfg.steps` steps in total or `cfg.max_minutes` of this invocation, whichever comes
     first; checkpoints to `ckpt` every `cfg.ckpt_every` steps / `cfg.ckpt_minutes` and at the end.
     Returns the EMA copy of `model` (the weights a stage saves) and the loop's record."""
     device = next(model.parameters()).device
@@ -240,7 +243,8 @@ def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, gen: t
     meta = dict(meta or {})
     start = 0
     if resume and ckpt is not None and Path(ckpt).is_file():
-        start = load_checkpoint(ckpt, model, ema, opt, gen, expect_meta={"stage": meta.get("stage")})
+        same = {"stage": meta.get("stage"), **{k: meta.get(k) for k in (resume_same or {})}}
+        start = load_checkpoint(ckpt, model, ema, opt, gen, expect_meta=same, absent=resume_same)
         _log(f"{name}: resumed from {ckpt} at step {start}")
     elif resume:
         _log(f"{name}: no checkpoint at {ckpt}; starting from step 0")
