@@ -16,7 +16,8 @@
 #
 # Environment: OUT, PYTHON (default python3), SESSION_BUDGET_S (default 540: the whole script), INIT_FROM
 # (default the shipped model), DATA, DATA_SEED, DIF_MIN, DB, DIF_LR, VARIANTS (default "p0:0 p1:1"),
-# COL_ARGS (the collaborators' training record; default "--cond-drop 0.1", as the shipped model's),
+# COL_ARGS (extra arguments of the 0-step collaborator stages; default none: their record says 0 steps, and
+# the bundle's own record of the collaborators travels in the stage's init_stage),
 # ASM_ARGS (default the shipped model's sampling), EVAL_N, EVAL_SEED, OLD_METHODS, NEW_METHODS,
 # DEVICE_CHECK_DRY_RUN=1 (CPU, a few hundred faces, seconds per stage: tests this script, measures nothing).
 set -u
@@ -48,8 +49,13 @@ EVAL_N=${EVAL_N:-${D[5]}} DIF_LR=${DIF_LR:-2e-4} DATA_SEED=${DATA_SEED:-5678} EV
 INIT_FROM=${INIT_FROM:-$REPO/cdx/data/default_model} VARIANTS=${VARIANTS:-p0:0 p1:1}
 OLD_METHODS=${OLD_METHODS:-collaborative,composable,no_temporal}
 NEW_METHODS=${NEW_METHODS:-collaborative,no_temporal}
-read -r -a COL_EXTRA <<< "${COL_ARGS:---cond-drop 0.1}"
+read -r -a COL_EXTRA <<< "${COL_ARGS-}"
 read -r -a ASM_EXTRA <<< "${ASM_ARGS:---eta 1.0 --shaping --shaping-scale 16 --guidance text=4}"
+for v in $VARIANTS; do  # NAME:P, NAME not "old" (the original's eval) nor "base" (the shared work folder)
+  if [[ "$v" != ?*:?* || "$v" == *:*:* || "$v" == old:* || "$v" == base:* ]]; then
+    echo "device_diffusers: bad variant '$v' (want NAME:P)" >&2; rm -rf "$W"; exit 2
+  fi
+done
 COMMON=(--preset small --data-size "$DATA" --data-seed "$DATA_SEED" --data-workers "$WORKERS" --seed 0
         --device "$DEV" --init-from "$INIT_FROM")
 TRAIN=("$PY" -m cdx train)
@@ -81,6 +87,11 @@ fi
 
 # 3. the diffuser variants, side by side
 if [ "$ok" = "1" ]; then
+  # leave each variant 60 s for its start, assembly and eval and the packing 30 s
+  NV=$(wc -w <<< "$VARIANTS")
+  CAP=$("$PY" -c "import sys; print(max(0.1, round((int(sys.argv[1]) - 90 - 60 * int(sys.argv[2])) / 60, 2)))" \
+        "$(left)" "$NV")
+  DIF_MIN=$("$PY" -c "import sys; print(min(float(sys.argv[1]), float(sys.argv[2])))" "$DIF_MIN" "$CAP")
   say "diffusers: $VARIANTS ($DIF_MIN min each, batch $DB, lr $DIF_LR, all at once)"
   pids=() names=()
   for v in $VARIANTS; do
@@ -94,9 +105,9 @@ if [ "$ok" = "1" ]; then
   for i in "${!pids[@]}"; do
     if wait "${pids[$i]}"; then
       timeout 120 "${TRAIN[@]}" assemble --work "$W/${names[$i]}" --preset small --out "$PACK/${names[$i]}" \
-        "${ASM_EXTRA[@]}" >> "$W/dif_${names[$i]}.log" 2>&1 || say "assemble ${names[$i]} failed"
+        "${ASM_EXTRA[@]}" >> "$W/dif_${names[$i]}.log" 2>&1 || { say "assemble ${names[$i]} failed"; ok=0; }
     else
-      say "diffusers ${names[$i]} failed"
+      say "diffusers ${names[$i]} failed"; ok=0
     fi
     grep -v "^diffusers step" "$W/dif_${names[$i]}.log" | tail -n 5 >> "$LOG"
   done
@@ -107,7 +118,7 @@ fi
 #    process's threads on all 16 cores); in turn the four took 108 s
 if [ "$ok" = "1" ]; then
   say "eval n $EVAL_N seed $EVAL_SEED"
-  for b in old $(for v in $VARIANTS; do echo "${v%%:*}"; done); do
+  for b in $(for v in $VARIANTS; do echo "${v%%:*}"; done) old; do  # the variants first: they are the news
     B=$PACK/$b M=$NEW_METHODS
     [ "$b" = old ] && B=$INIT_FROM M=$OLD_METHODS
     [ -f "$B/bundle.json" ] || continue
@@ -115,7 +126,7 @@ if [ "$ok" = "1" ]; then
     if (( T < 30 )); then say "eval $b skipped (time budget spent)"; continue; fi
     timeout --kill-after=10 "$T" "$PY" -m cdx eval --checkpoint "$B" --backend torch --device "$DEV" \
       --n "$EVAL_N" --seed "$EVAL_SEED" --n-ref 512 --batch "$EVAL_N" --methods "$M" \
-      --json "$OUT/eval_$b.json" > "$W/eval_$b.log" 2>&1 || say "eval $b failed"
+      --json "$OUT/eval_$b.json" > "$W/eval_$b.log" 2>&1 || { say "eval $b failed"; ok=0; }
     echo "== eval $b" >> "$LOG"; grep -v "it/s\]\|batch/s\]" "$W/eval_$b.log" | tail -n 12 >> "$LOG"
   done
 fi
@@ -132,3 +143,4 @@ tar -C "$PACK" -cf - . | split -b 16700000 - "$OUT/bundles.tar.part-"
 say "packed $(du -sh "$PACK" | cut -f1) into $(ls "$OUT" | grep -c bundles.tar.part) part(s)"
 rm -rf "$W"
 say "done (ok=$ok)"
+[ "$ok" = "1" ]
