@@ -22,22 +22,9 @@
 # DEVICE_CHECK_DRY_RUN=1 (CPU, a few hundred faces, seconds per stage: tests this script, measures nothing).
 set -u
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-OUT=${OUT:-$REPO/device_diffusers_out}
-PY=${PYTHON:-$(command -v python3 || command -v python)}
-BUDGET=${SESSION_BUDGET_S:-540}
-DRY=${DEVICE_CHECK_DRY_RUN:-0}
-START=$(date +%s)
-W=$(mktemp -d "${TMPDIR:-/tmp}/device_diffusers.XXXXXX")
-PACK=$W/pack
-mkdir -p "$OUT" "$PACK"
-LOG=$OUT/train.log
-: > "$LOG"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-cd "$REPO" || exit 2
-
-say() { echo "device_diffusers [$(( $(date +%s) - START )) s]: $*" | tee -a "$LOG"; }
-left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+NAME=device_diffusers BUDGET_DEFAULT=540
+# shellcheck source=benchmarks/device_common.sh
+source "$(dirname "$0")/device_common.sh"
 
 if [ "$DRY" = "1" ]; then  # small and short: this checks the script, not the model
   D=(400 2 cpu 0.1 8 8) TESTS_ON=0
@@ -65,13 +52,7 @@ say "repo $REPO, work $W, data $DATA (seed $DATA_SEED), init $INIT_FROM, variant
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" >> "$LOG" 2>&1
 
 # 1. GPU tests, in the background (they check correctness, so they may share the GPU)
-TESTS=""
-if [ "$TESTS_ON" = "1" ]; then
-  timeout --kill-after=10 240 "$PY" -m pytest -p no:cacheprovider --noconftest -q -rA \
-    --junitxml="$PACK/gpu_tests.xml" tests/test_cuda_graph.py tests/test_kernel_collaborate.py -k "gpu or cuda" \
-    > "$PACK/gpu_tests.log" 2>&1 &
-  TESTS=$!
-fi
+if [ "$TESTS_ON" = "1" ]; then gpu_tests_start 240; fi
 
 # 2. the data, encoded by INIT_FROM's autoencoder; INIT_FROM's collaborators as they are
 ok=1
@@ -130,7 +111,7 @@ if [ "$ok" = "1" ]; then
     echo "== eval $b" >> "$LOG"; grep -v "it/s\]\|batch/s\]" "$W/eval_$b.log" | tail -n 12 >> "$LOG"
   done
 fi
-if [ -n "$TESTS" ]; then wait "$TESTS"; say "GPU tests: exit $? ($(tail -n 1 "$PACK/gpu_tests.log"))"; fi
+gpu_tests_wait
 for v in $VARIANTS; do  # only what differs from INIT_FROM travels back; the rest is listed, to copy from it
   d=$PACK/${v%%:*}
   [ -d "$d" ] || continue
@@ -138,9 +119,7 @@ for v in $VARIANTS; do  # only what differs from INIT_FROM travels back; the res
     if cmp -s "$f" "$INIT_FROM/$(basename "$f")"; then basename "$f" >> "$d/same_as_init_from.txt"; rm "$f"; fi
   done
 done
-cp "$LOG" "$PACK/train.log"
-tar -C "$PACK" -cf - . | split -b 16700000 - "$OUT/bundles.tar.part-"
-say "packed $(du -sh "$PACK" | cut -f1) into $(ls "$OUT" | grep -c bundles.tar.part) part(s)"
+pack bundles
 rm -rf "$W"
 say "done (ok=$ok)"
 [ "$ok" = "1" ]

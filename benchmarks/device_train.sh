@@ -27,23 +27,10 @@
 #   RUN_CHECK=0, BENCH=0   skip the `cdx run` check / the benchmarks
 set -u
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
-OUT=${OUT:-$REPO/device_train_out}
-PY=${PYTHON:-$(command -v python3 || command -v python)}
-BUDGET=${SESSION_BUDGET_S:-570}
-DRY=${DEVICE_CHECK_DRY_RUN:-0}
+NAME=device_train BUDGET_DEFAULT=570
+# shellcheck source=benchmarks/device_common.sh
+source "$(dirname "$0")/device_common.sh"
 MASK=${MASK:-$REPO/.devcarry/29980.png}
-START=$(date +%s)
-W=$(mktemp -d "${TMPDIR:-/tmp}/device_train.XXXXXX")
-PACK=$W/pack
-mkdir -p "$OUT" "$PACK"
-LOG=$OUT/train.log
-: > "$LOG"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-cd "$REPO" || exit 2
-
-say() { echo "device_train [$(( $(date +%s) - START )) s]: $*" | tee -a "$LOG"; }
-left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 
 if [ "$DRY" = "1" ]; then  # tiny and short: this checks the script, not the model
   PRESET=tiny D=(600 2 cpu 0.1 0.15 0.1 4 8 8) BENCH_S=120 EVAL_DEV=cpu
@@ -77,10 +64,7 @@ say "repo $REPO, work $W, preset $PRESET, data $DATA (seed $DATA_SEED), init ${I
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" >> "$LOG" 2>&1
 
 # 1. GPU tests, in the background
-timeout --kill-after=10 200 "$PY" -m pytest -p no:cacheprovider --noconftest -q -rA \
-  --junitxml="$PACK/gpu_tests.xml" tests/test_cuda_graph.py tests/test_kernel_collaborate.py -k "gpu or cuda" \
-  > "$PACK/gpu_tests.log" 2>&1 &
-TESTS=$!
+gpu_tests_start 200
 
 # 2. training
 ok=1
@@ -131,10 +115,8 @@ if [ "$ok" = "1" ] && [ "$RUN_CHECK" = "1" ] && [ -f "$MASK" ]; then
   done
 fi
 say "training done (ok=$ok)"
-wait "$TESTS"; say "GPU tests: exit $? ($(tail -n 1 "$PACK/gpu_tests.log"))"
-cp "$LOG" "$PACK/train.log"
-tar -C "$PACK" -cf - . | split -b 16700000 - "$OUT/model.tar.part-"
-say "packed $(du -sh "$PACK" | cut -f1) into $(ls "$OUT" | grep -c model.tar.part) part(s)"
+gpu_tests_wait
+pack model
 
 # 3. benchmarks on a quiet GPU
 B=$(( $(left) - 10 ))
