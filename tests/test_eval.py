@@ -61,19 +61,20 @@ def test_eval_accuracies_on_known_inputs():
 
 
 def test_eval_paired_fd_interval_separates_a_shifted_set_from_another_draw():
-    from cdx.evaluation.metrics import feature_stats, paired_fd_ci
+    from cdx.evaluation.metrics import feature_stats, paired_fd_cis
 
     rng = np.random.default_rng(4)
     ref = rng.normal(size=(400, 6))
     mu, sigma = feature_stats(ref)
     a = rng.normal(size=(200, 6))
     shifted = a + 0.5  # the same conditions, every image moved away from the reference
-    d, lo, hi = paired_fd_ci(a, shifted, mu, sigma, reps=200)
+    d, lo, hi = paired_fd_cis(a, {"b": shifted}, mu, sigma, reps=200)["b"]
     assert d == pytest.approx(fd(a, ref) - fd(shifted, ref)) and hi < 0 and lo <= d <= hi
-    d, lo, hi = paired_fd_ci(a, rng.normal(size=(200, 6)), mu, sigma, reps=200)  # another draw: no difference
+    other = rng.normal(size=(200, 6))  # another draw: no difference
+    d, lo, hi = paired_fd_cis(a, {"b": other}, mu, sigma, reps=200)["b"]
     assert lo < 0 < hi
     with pytest.raises(ValueError, match="feature arrays"):
-        paired_fd_ci(a, a[:-1], mu, sigma)
+        paired_fd_cis(a, {"b": a[:-1]}, mu, sigma)
 
 
 def test_eval_paired_interval_covers_the_difference_and_zero_only_when_there_is_none():

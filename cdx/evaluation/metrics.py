@@ -83,19 +83,13 @@ def paired_ci(num_a: np.ndarray, num_b: np.ndarray, den: np.ndarray, reps: int =
     return diff, float(lo), float(hi)
 
 
-def paired_fd_ci(features_a: np.ndarray, features_b: np.ndarray, ref_mu: np.ndarray, ref_sigma: np.ndarray,
-                 reps: int = 300, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """FD(a) - FD(b) against the same reference statistics, a and b generated from the same N conditions, with a
-    paired bootstrap interval: each replicate draws N conditions with replacement and scores both methods'
-    images of those conditions. (The bootstrap's duplicates bias each FD upwards; the difference is what is
-    read.) Returns (difference, low, high)."""
-    return paired_fd_cis(features_a, {"b": features_b}, ref_mu, ref_sigma, reps, seed, level)["b"]
-
-
 def paired_fd_cis(features_a: np.ndarray, others: dict[str, np.ndarray], ref_mu: np.ndarray, ref_sigma: np.ndarray,
                   reps: int = 300, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float, float]]:
-    """`paired_fd_ci` of a against each of several feature sets on the same replicates: a's FD per replicate is
-    computed once for all of them."""
+    """FD(a) - FD(b) for each feature set b of `others`, against the same reference statistics, a and every b
+    generated from the same N conditions, with paired bootstrap intervals: each replicate draws N conditions
+    with replacement and scores every method's images of those conditions (a's FD once per replicate). The
+    bootstrap's duplicates bias each FD upwards; the difference is what is read. Returns per key of `others`
+    (difference, low, high)."""
     fa = np.asarray(features_a, np.float64)
     fbs = {k: np.asarray(v, np.float64) for k, v in others.items()}
     for fb in fbs.values():

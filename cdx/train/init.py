@@ -12,7 +12,7 @@ import os
 from torch import nn
 
 from ..errors import InputError
-from ..models.bundle import bundle_hash, load_bundle, read_manifest
+from ..models.bundle import load_bundle, manifest_hash, read_manifest
 
 
 def bundle_part(model, part: str) -> nn.Module:
@@ -37,5 +37,6 @@ def init_from_bundle(module: nn.Module, path: str | os.PathLike, part: str) -> d
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise InputError(f"--init-from {path}: its {part} does not match this preset ({first})") from None
-    record = ((read_manifest(path).get("extra") or {}).get("stages") or {}).get(part)
-    return {"init_from": bundle_hash(path), **({"init_stage": record} if record else {})}
+    manifest = read_manifest(path)
+    record = ((manifest.get("extra") or {}).get("stages") or {}).get(part)
+    return {"init_from": manifest_hash(manifest), **({"init_stage": record} if record else {})}

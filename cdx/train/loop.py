@@ -232,9 +232,10 @@ def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, gen: t
           ema: nn.Module | None = None, resume_same: dict | None = None) -> tuple[nn.Module, LoopResult]:
     """Minimise `loss_fn(gen)` over the trainable parameters of `model` (already on its device).
 
-    `resume_same` names the keys of `meta` that define the loss (key -> its value in checkpoints made before
-    the key existed): a checkpoint made with other values is not resumed. Stops after `cfg.steps` steps in total or `cfg.max_minutes` of this invocation, whichever comes
+    Stops after `cfg.steps` steps in total or `cfg.max_minutes` of this invocation, whichever comes
     first; checkpoints to `ckpt` every `cfg.ckpt_every` steps / `cfg.ckpt_minutes` and at the end.
+    `resume_same` names the keys of `meta` that define the loss (key -> its value in checkpoints made before
+    the key existed): a checkpoint made with other values is not resumed.
     Returns the EMA copy of `model` (the weights a stage saves) and the loop's record."""
     device = next(model.parameters()).device
     ema = make_ema(model) if ema is None else ema
