@@ -1,7 +1,8 @@
 # Sourced by the lent-GPU scripts (device_train.sh, device_diffusers.sh) after they set NAME (the log prefix
 # and the default OUT folder's stem) and BUDGET_DEFAULT (seconds for the whole script). Sets REPO, OUT, PY,
 # BUDGET, DRY, START, W (a fresh work folder) with W/pack, LOG (OUT/train.log); exports the Python settings
-# and enters REPO. Functions: say (a timed log line), left (seconds of the budget left), gpu_tests_start /
+# and enters REPO. Functions: say (a timed log line), left (seconds of the budget left), stage_t (a stage's
+# timeout), gpu_tests_start /
 # gpu_tests_wait (the GPU tests in the background, their log and junit in W/pack), pack PREFIX (W/pack as a
 # tar split into OUT/PREFIX.tar.part-?? pieces of at most 16.7 MB: the device tool brings back 16 MiB files).
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,6 +21,9 @@ cd "$REPO" || exit 2
 
 say() { echo "$NAME [$(( $(date +%s) - START )) s]: $*" | tee -a "$LOG"; }
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+# stage_t MINUTES [EXTRA]: a hard timeout for a stage given MINUTES of training and EXTRA s (default 60)
+# for what comes around it (making or loading the data, encoding latents, saving)
+stage_t() { "$PY" -c "import sys; print(int(float(sys.argv[1]) * 60 + float(sys.argv[2])))" "$1" "${2:-60}"; }
 
 TESTS=""
 gpu_tests_start() {  # $1: timeout in seconds

@@ -55,7 +55,7 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" >> "$LOG" 2
 if [ "$TESTS_ON" = "1" ]; then gpu_tests_start 240; fi
 
 # 2. the data, encoded by INIT_FROM's autoencoder; INIT_FROM's collaborators as they are
-ok=1
+ok=1 bad=0  # ok: the shared stages ran (else nothing more can); bad: a variant's stage or an eval failed
 say "encoding $DATA faces"
 timeout --kill-after=10 200 "${TRAIN[@]}" vae --work "$W/base" "${COMMON[@]}" --steps 0 >> "$LOG" 2>&1 || ok=0
 if [ "$ok" = "1" ]; then
@@ -78,7 +78,7 @@ if [ "$ok" = "1" ]; then
   for v in $VARIANTS; do
     name=${v%%:*} p=${v#*:}
     cp -al "$W/base" "$W/$name"
-    timeout --kill-after=10 "$("$PY" -c "import sys; print(int(float(sys.argv[1]) * 60 + 90))" "$DIF_MIN")" \
+    timeout --kill-after=10 "$(stage_t "$DIF_MIN" 90)" \
       "${TRAIN[@]}" diffusers --work "$W/$name" "${COMMON[@]}" --steps 1000000 --batch "$DB" --lr "$DIF_LR" \
       --warmup 100 --ema-decay 0.995 --max-minutes "$DIF_MIN" --snr-weight-power "$p" > "$W/dif_$name.log" 2>&1 &
     pids+=($!) names+=("$name")
@@ -86,9 +86,9 @@ if [ "$ok" = "1" ]; then
   for i in "${!pids[@]}"; do
     if wait "${pids[$i]}"; then
       timeout 120 "${TRAIN[@]}" assemble --work "$W/${names[$i]}" --preset small --out "$PACK/${names[$i]}" \
-        "${ASM_EXTRA[@]}" >> "$W/dif_${names[$i]}.log" 2>&1 || { say "assemble ${names[$i]} failed"; ok=0; }
+        "${ASM_EXTRA[@]}" >> "$W/dif_${names[$i]}.log" 2>&1 || { say "assemble ${names[$i]} failed"; bad=1; }
     else
-      say "diffusers ${names[$i]} failed"; ok=0
+      say "diffusers ${names[$i]} failed"; bad=1
     fi
     grep -v "^diffusers step" "$W/dif_${names[$i]}.log" | tail -n 5 >> "$LOG"
   done
@@ -107,7 +107,7 @@ if [ "$ok" = "1" ]; then
     if (( T < 30 )); then say "eval $b skipped (time budget spent)"; continue; fi
     timeout --kill-after=10 "$T" "$PY" -m cdx eval --checkpoint "$B" --backend torch --device "$DEV" \
       --n "$EVAL_N" --seed "$EVAL_SEED" --n-ref 512 --batch "$EVAL_N" --methods "$M" \
-      --json "$OUT/eval_$b.json" > "$W/eval_$b.log" 2>&1 || { say "eval $b failed"; ok=0; }
+      --json "$OUT/eval_$b.json" > "$W/eval_$b.log" 2>&1 || { say "eval $b failed"; bad=1; }
     echo "== eval $b" >> "$LOG"; grep -v "it/s\]\|batch/s\]" "$W/eval_$b.log" | tail -n 12 >> "$LOG"
   done
 fi
@@ -121,5 +121,5 @@ for v in $VARIANTS; do  # only what differs from INIT_FROM travels back; the res
 done
 pack bundles
 rm -rf "$W"
-say "done (ok=$ok)"
-[ "$ok" = "1" ]
+say "done (ok=$ok, failures: $bad)"
+[ "$ok" = "1" ] && [ "$bad" = "0" ]

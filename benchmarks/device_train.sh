@@ -55,9 +55,6 @@ if [ -n "$INIT_FROM" ]; then
 fi
 TRAIN=("$PY" -m cdx train)
 
-# stage_t MINUTES [EXTRA]: a hard timeout for a stage given MINUTES of training and EXTRA s (default 60)
-# for what comes around it (making or loading the data, encoding latents, saving)
-stage_t() { "$PY" -c "import sys; print(int(float(sys.argv[1]) * 60 + float(sys.argv[2])))" "$1" "${2:-60}"; }
 
 say "repo $REPO, work $W, preset $PRESET, data $DATA (seed $DATA_SEED), init ${INIT_FROM:-none}, budget $BUDGET s"
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
