@@ -1,0 +1,84 @@
+"""How well a model follows real label maps (CelebAMask-HQ masks, say) next to its own synthetic ones.
+
+For each mask file and seed it generates a face from the mask and a caption, parses the face with cdx's
+eval face parser and scores the pixel accuracy against the mask at 32x32 (the condition the model gets, as
+`cdx eval`'s mask accuracy). It also prints each mask's share of background, skin, hair and all face parts,
+next to the 5th-95th percentiles of the same shares over synthetic training masks: a real mask outside them
+is outside what the model was trained on.
+
+    python benchmarks/real_masks.py ../shared/examples/512_masks/*.png --seeds 4 [--grid grid.png] [--json r.json]
+
+The grid shows each mask next to its faces; real masks are licensed data, so keep such grids out of the
+repository.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cdx.defaults import default_checkpoint
+from cdx.engine.backends import make_runner
+from cdx.engine.pipeline import Request, generate
+from cdx.evaluation.nets import load_eval_nets, parse_target
+from cdx.models.masks import colorize, load_label_map
+from cdx.train.synth import generate as synth
+
+SHARES = {"background": [0], "skin": [1], "hair": [13], "face parts": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 17]}
+CAPTION = "This woman has brown hair. She is in her thirties."
+
+
+def shares(label: np.ndarray) -> dict[str, float]:
+    return {k: float(np.isin(label, ids).mean()) for k, ids in SHARES.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("masks", nargs="+", type=Path)
+    ap.add_argument("--caption", default=CAPTION)
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--backend", default="onnxruntime", choices=["torch", "onnxruntime"])
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--synthetic", type=int, default=500, help="synthetic training masks for the percentiles")
+    ap.add_argument("--grid", default=None)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    runner, desc = make_runner(args.backend, Path(args.checkpoint) if args.checkpoint else default_checkpoint())
+    nets = load_eval_nets()
+    syn = [shares(synth((1234, i), size=64).label) for i in range(args.synthetic)]
+    ranges = {k: [float(np.percentile([s[k] for s in syn], q)) for q in (5, 95)] for k in SHARES}
+    out = {"backend": desc, "caption": args.caption, "synthetic_p5_p95": ranges, "masks": {}}
+    rows = []
+    for path in args.masks:
+        label = load_label_map(path)
+        target = parse_target(label[None])[0]
+        accs, faces = [], []
+        for seed in range(args.seeds):
+            res = generate(runner, runner.cfg, Request(text=args.caption, mask=str(path), seed=seed, steps=50))
+            face = np.asarray(res.images[0])
+            accs.append(float((nets.parse(face[None])[0] == target).mean()))
+            faces.append(face)
+        out["masks"][path.name] = {"mask_acc": accs, "mean": float(np.mean(accs)), "shares": shares(label)}
+        rows.append([colorize(label)] + faces)
+        outside = [k for k, v in shares(label).items() if not ranges[k][0] <= v <= ranges[k][1]]
+        print(f"{path.name}: mask acc {np.mean(accs):.3f} (seeds {', '.join(f'{a:.3f}' for a in accs)}); "
+              + ", ".join(f"{k} {v:.2f}" for k, v in shares(label).items())
+              + (f"; outside the synthetic 5-95 %: {', '.join(outside)}" if outside else ""))
+    print("synthetic 5-95 %: " + ", ".join(f"{k} {lo:.2f}-{hi:.2f}" for k, (lo, hi) in ranges.items()))
+    if args.grid:
+        side = 128
+        canvas = Image.new("RGB", (side * (args.seeds + 1), side * len(rows)))
+        for r, row in enumerate(rows):
+            for c, im in enumerate(row):
+                canvas.paste(Image.fromarray(im).convert("RGB").resize((side, side), Image.NEAREST), (side * c, side * r))
+        canvas.save(args.grid)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
