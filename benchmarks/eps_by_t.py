@@ -59,6 +59,7 @@ def by_region(model, data, idx, z0, acp, n) -> None:
     h = z0.shape[-1]
     side = int(data.mask_ids.shape[1] ** 0.5)
     labels = data.mask_ids[idx].reshape(n, side, side)[:, :: side // h, :: side // h].numpy()
+    regions = {r: np.isin(labels, ids) for r, ids in REGIONS.items()}  # (n, h, w) each
     print("per region: eps MSE mask / text, optimal mask share w*, the diffusers' mean mask weight")
     for t in TS:
         noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(t))
@@ -68,12 +69,12 @@ def by_region(model, data, idx, z0, acp, n) -> None:
         logits = torch.stack([model.diffusers[k](xt, tt, ctx[k]) for k in (mask, text)])
         w_mask = torch.softmax(logits, 0)[0, :, 0].numpy()  # (n, h, w)
         parts = []
-        for r, ids in REGIONS.items():
-            sel = torch.from_numpy(np.isin(labels, ids))[:, None].expand_as(noise)
+        for r, where in regions.items():
+            sel = torch.from_numpy(where)[:, None].expand_as(noise)
             d_m, d_t = (e[mask] - noise)[sel], (e[text] - noise)[sel]
             diff = d_m - d_t  # loss(w) = ||d_t + w diff||^2, minimised at w* = -<d_t, diff> / ||diff||^2
             w_star = float((-(d_t * diff).sum() / diff.pow(2).sum()).clamp(0, 1))
-            learned = float(w_mask[np.isin(labels, ids)].mean())
+            learned = float(w_mask[where].mean())
             parts.append(f"{r} {float(d_m.pow(2).mean()):.4f}/{float(d_t.pow(2).mean()):.4f} "
                          f"w* {w_star:.2f} D {learned:.2f}")
         print(f"t {t:4d}: " + " | ".join(parts))

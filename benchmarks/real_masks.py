@@ -23,6 +23,7 @@ from PIL import Image
 from cdx.defaults import default_checkpoint
 from cdx.engine.backends import make_runner
 from cdx.engine.pipeline import Request, generate
+from cdx.errors import CdxError
 from cdx.evaluation.nets import load_eval_nets, parse_target
 from cdx.models.masks import colorize, load_label_map
 from cdx.train.synth import generate as synth
@@ -47,14 +48,17 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
+    try:  # read every mask first: a bad file stops the run before any generation, in one line
+        labels = [load_label_map(p) for p in args.masks]
+    except CdxError as e:
+        raise SystemExit(f"real_masks: {e}")
     runner, desc = make_runner(args.backend, Path(args.checkpoint) if args.checkpoint else default_checkpoint())
     nets = load_eval_nets()
     syn = [shares(synth((1234, i), size=64).label) for i in range(args.synthetic)]
     ranges = {k: [float(np.percentile([s[k] for s in syn], q)) for q in (5, 95)] for k in SHARES}
     out = {"backend": desc, "caption": args.caption, "synthetic_p5_p95": ranges, "masks": {}}
     rows = []
-    for path in args.masks:
-        label = load_label_map(path)
+    for path, label in zip(args.masks, labels):
         target = parse_target(label[None])[0]
         accs, faces = [], []
         for seed in range(args.seeds):
@@ -62,11 +66,12 @@ def main() -> None:
             face = np.asarray(res.images[0])
             accs.append(float((nets.parse(face[None])[0] == target).mean()))
             faces.append(face)
-        out["masks"][path.name] = {"mask_acc": accs, "mean": float(np.mean(accs)), "shares": shares(label)}
+        own = shares(label)
+        out["masks"][path.name] = {"mask_acc": accs, "mean": float(np.mean(accs)), "shares": own}
         rows.append([colorize(label)] + faces)
-        outside = [k for k, v in shares(label).items() if not ranges[k][0] <= v <= ranges[k][1]]
+        outside = [k for k, v in own.items() if not ranges[k][0] <= v <= ranges[k][1]]
         print(f"{path.name}: mask acc {np.mean(accs):.3f} (seeds {', '.join(f'{a:.3f}' for a in accs)}); "
-              + ", ".join(f"{k} {v:.2f}" for k, v in shares(label).items())
+              + ", ".join(f"{k} {v:.2f}" for k, v in own.items())
               + (f"; outside the synthetic 5-95 %: {', '.join(outside)}" if outside else ""))
     print("synthetic 5-95 %: " + ", ".join(f"{k} {lo:.2f}-{hi:.2f}" for k, (lo, hi) in ranges.items()))
     if args.grid:

@@ -66,9 +66,11 @@ class Recorder:
         return Method("collaborative", ("mask", "text"), self._make)
 
     def _make(self):
+        # evaluate() makes one hook per batch of conditions, in order: the g-th generation is batch g
         self.generation += 1
         lo = self.generation * self.batch
         first: list[torch.Tensor] = []
+        where: list[np.ndarray] = []  # this batch's region masks at the latent size
 
         def hook(i, eps, influence):
             raw = influence.raw()
@@ -82,14 +84,15 @@ class Recorder:
             gain = (influence(bumped)[self.mi] - mixed[self.mi]) / (bumped[self.mi] - raw[self.mi]).clamp_min(1e-9)
             maps = {"raw": raw[self.mi], "raw0": first[0][self.mi], "mixed": mixed[self.mi], "mixed0": mixed0[self.mi],
                     "gain": gain}
-            b, h = raw.shape[1], raw.shape[-1]
-            lab = self.labels[lo:lo + b, :: self.labels.shape[-1] // h, :: self.labels.shape[-1] // h]
-            for j, ids in enumerate(REGIONS.values()):
-                sel = np.isin(lab, ids)
-                if i == 0:
-                    self.counts[j] += sel.sum()
+            maps = {k: v[:, 0].detach().cpu().numpy() for k, v in maps.items()}  # (B, h, w) each
+            if not where:
+                b, stride = raw.shape[1], self.labels.shape[-1] // raw.shape[-1]
+                lab = self.labels[lo:lo + b, ::stride, ::stride]
+                where.extend(np.isin(lab, ids) for ids in REGIONS.values())
+                self.counts += [sel.sum() for sel in where]
+            for j, sel in enumerate(where):
                 for k, v in maps.items():
-                    self.sums[k][i, j] += v[:, 0].detach().cpu().numpy()[sel].sum()
+                    self.sums[k][i, j] += v[sel].sum()
             return mixed
 
         return hook
