@@ -23,6 +23,7 @@ from cdx.train.synth import (
     generate_batch,
     make_caption,
     render,
+    render_layout,
     render_with,
     sample_attributes,
 )
@@ -76,7 +77,9 @@ def test_synth_label_contents(size):
         assert s.image.shape == (size, size, 3) and s.label.shape == (size, size)
         assert s.label.max() <= 18
         a, p = s.attrs, _present(s.label)
-        need = {1, 2, 4, 5, 6, 7, 11, 12, 17, 18}  # skin, nose, eyes, brows, lips, neck, cloth
+        need = {1, 2, 4, 5, 6, 7, 11, 12, 17}  # skin, nose, eyes, brows, lips, neck
+        if not render_layout(s.attrs, s.layout_seed, size).close_up:
+            need.add(18)  # cloth: a close-up may leave it out of the picture, as real masks often do
         if a.hair_length:
             need.add(13)
         missing = need - p
@@ -288,3 +291,29 @@ def test_synth_preview_grid(tmp_path):
     # tuples and dataset-style float images work too
     item = SyntheticFaces(2, seed=1)[0]
     save_preview_grid(tmp_path / "grid2.png", [(item["image"].numpy(), item["label"].numpy(), item["caption"])])
+
+
+def test_synth_face_sizes_cover_real_masks():
+    """Real CelebAMask-HQ faces fill more of the frame than head-and-shoulders framing: the close-ups must reach
+    them, so that a model trained on these faces has seen real masks' proportions."""
+    try:
+        from golden import examples_dir
+    except ImportError:
+        from tests.golden import examples_dir
+    from cdx.models.masks import load_label_map
+
+    parts = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 17]
+    reals = sorted((examples_dir() / "512_masks").glob("*.png"))
+    assert reals, f"no real masks under {examples_dir() / '512_masks'}"
+    close, shares = [], []
+    for i in range(300):
+        s = generate((1234, i), 64)
+        close.append(render_layout(s.attrs, s.layout_seed, 64).close_up)
+        shares.append(np.isin(s.label, parts).mean())
+    assert 0.4 < np.mean(close) < 0.6
+    lo, hi = np.percentile(shares, [5, 95])
+    for p in reals:
+        share = np.isin(load_label_map(p), parts).mean()
+        assert lo < share < hi, (p.name, share, lo, hi)
+    # the close-ups are the larger faces
+    assert np.mean([s for s, c in zip(shares, close) if c]) > np.mean([s for s, c in zip(shares, close) if not c]) + 0.08

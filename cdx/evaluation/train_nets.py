@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..train.data import synth_fingerprint
 from ..train.synth import ALL_ATTRS, TEXT_ATTRS, generate_batch
 from .nets import CLASSIFIER_ATTRS, AttributeClassifier, FaceParser, parse_target, save_eval_nets, to_input
 
@@ -119,6 +120,7 @@ def main(argv=None) -> dict:
     train(classifier, tr, args.classifier_epochs, args.batch, args.lr, seed=2, log=log)
     acc = held_out(parser, classifier, va)
     info = {"trained_by": "python -m cdx.evaluation.train_nets", "torch": torch.__version__,
+            "synth": synth_fingerprint(),  # the generator's source hash: which faces these nets know
             "seeds": {"train": TRAIN_SEED, "held_out": VAL_SEED}, "train_faces": args.train,
             "epochs": {"parser": args.parser_epochs, "classifier": args.classifier_epochs},
             "seconds": round(time.time() - t0, 1), "held_out": acc}

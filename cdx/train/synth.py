@@ -291,7 +291,10 @@ class _Layout:
     teeth: np.ndarray  # bool (H, W): teeth pixels inside the mouth
     frame: np.ndarray  # bool (H, W): opaque parts of the eyeglasses
     face: np.ndarray  # bool (H, W): the face ellipse (before later layers)
+    close_up: bool  # framed close up (the shoulders, and often the cloth, outside the picture)
 
+
+CLOSE_UP = 0.5  # share of faces framed close up, as the real masks are (the rest: head and shoulders)
 
 _FACE_SHAPES = (  # (half width, half height, jaw taper)
     (0.215, 0.295, 0.20),  # oval
@@ -311,8 +314,13 @@ def render_layout(attrs: Attributes, layout_seed: int, size: int = 64) -> _Layou
     rx0, ry0, taper = _FACE_SHAPES[attrs.face_shape]
     rx, ry = rx0 * j(4, 0.96, 1.04), ry0 * j(5, 0.97, 1.03)
     chin = ry
-    cy, scale = j(1, 0.45, 0.49), j(2, 1.05, 1.2)
-    scale = min(scale, (0.9 - cy) / (chin + 0.075))  # chin and shoulders stay inside the picture
+    close_up = float(u[48]) < CLOSE_UP
+    if close_up:  # framed as CelebAMask-HQ frames faces: the face fills the picture, the shoulders leave it
+        cy, scale = j(50, 0.50, 0.56), j(49, 1.3, 1.6)
+        scale = min(scale, (0.97 - cy) / (chin + (0.065 if attrs.necklace else 0.0)))  # chin (necklace) inside
+    else:  # head and shoulders
+        cy, scale = j(1, 0.45, 0.49), j(2, 1.05, 1.2)
+        scale = min(scale, (0.9 - cy) / (chin + 0.075))  # chin and shoulders stay inside the picture
     g = _Grid(size, cx=j(0, 0.47, 0.53), cy=cy, scale=scale, roll=j(3, -0.10, 0.10))
     X, Y = g.X, g.Y
     lab = np.zeros((size, size), dtype=np.uint8)
@@ -334,7 +342,8 @@ def render_layout(attrs: Attributes, layout_seed: int, size: int = 64) -> _Layou
     lab[neck] = NECK
     necklace_y = chin + j(12, 0.03, 0.05)
     sh_y = max(chin + j(14, 0.06, 0.1), necklace_y + 0.035)
-    sh_y = min(sh_y, (0.88 - cy) / scale)  # keep the shoulders inside the picture
+    if not close_up:
+        sh_y = min(sh_y, (0.88 - cy) / scale)  # keep the shoulders inside the picture
     if attrs.necklace:
         curve = min(necklace_y, sh_y - 0.025) + 2.5 * X * X
         lab[g.band(curve, j(13, 0.008, 0.013), -neck_w - 0.02, neck_w + 0.02) & neck] = NECK_L
@@ -467,7 +476,8 @@ def render_layout(attrs: Attributes, layout_seed: int, size: int = 64) -> _Layou
 
     return _Layout(grid=g, label=lab, rx=rx, ry=ry, chin=chin, fx=fx, eye_x=eye_x, eye_y=eye_y, eye_rx=eye_rx,
                    eye_ry=eye_ry, gaze=gaze, nose_y=nose_y, nose_bottom=nose_bottom, nose_rx=nose_rx,
-                   mouth_y=mouth_y, mouth_rx=mouth_rx, teeth=teeth, frame=frame, face=face)
+                   mouth_y=mouth_y, mouth_rx=mouth_rx, teeth=teeth, frame=frame, face=face,
+                   close_up=close_up)
 
 
 # ----------------------------------------------------------------------------------------------------------------
