@@ -29,7 +29,7 @@ from cdx.evaluation.nets import CLASSIFIER_ATTRS, load_eval_nets
 from cdx.models.bundle import load_bundle
 from cdx.models.masks import label_map_to_ids, save_label_map
 from cdx.train.edit import EditConfig, run_edit
-from cdx.train.synth import LEVELS, generate, render_with
+from cdx.train.synth import HAIR, LEVELS, generate, render_with
 
 KEEP = ("skin", "beard", "lipstick")
 
@@ -98,7 +98,7 @@ def main():
         shaping = make_shaping(cfg, state.names, table, cfg.timesteps)
         x_T, noise = draw_noise(args.seed + k, 1, (cfg.latent_channels, *cfg.latent_size), table.num_steps)
         target_ids = label_map_to_ids(target_label).reshape(32, 32)
-        changed = (s.label != target_label) | np.isin(s.label, [13]) | np.isin(target_label, [13])
+        changed = (s.label != target_label) | (s.label == HAIR) | (target_label == HAIR)
         for a in alphas:
             z = sample(runner, state.names, state.contexts(a), x_T, noise, table, shaping).z0
             out = to_uint8(runner.run("vae_decoder", {"latent": z})["image"])[0]

@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from cdx.defaults import default_checkpoint
+from cdx.models import masks
 from cdx.models.bundle import load_bundle
 from cdx.train.autoencoder import posterior
 from cdx.train.collaborator import q_sample, schedule
 from cdx.train.data import FaceSet, build_arrays
 
 TS = (999, 900, 800, 700, 500, 300, 100, 20)
-REGIONS = {"skin": [1, 2, 17], "mouth/lips": [10, 11, 12], "hair": [13], "background": [0]}
+REGIONS = {name: masks.REGIONS[name] for name in ("skin", "mouth/lips", "hair", "background")}
 
 
 def main():

@@ -12,12 +12,11 @@ import torch
 from cdx.defaults import default_checkpoint
 from cdx.engine.backends import make_runner
 from cdx.engine.pipeline import Request, generate
-from cdx.models.masks import save_label_map
+from cdx.models.masks import REGIONS, save_label_map
 from cdx.train.synth import generate as synth
 torch.set_num_threads(1)
 runner, _ = make_runner("torch", default_checkpoint())
-regions = {"background": [0], "face skin": [1, 2, 17], "eyes/brows": [3, 4, 5, 6, 7], "mouth/lips": [10, 11, 12],
-           "hair": [13], "cloth": [18]}
+regions = REGIONS
 acc = {r: [] for r in regions}
 per_t = []
 with tempfile.TemporaryDirectory() as d:

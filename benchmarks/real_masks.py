@@ -25,10 +25,10 @@ from cdx.engine.backends import make_runner
 from cdx.engine.pipeline import Request, generate
 from cdx.errors import CdxError
 from cdx.evaluation.nets import load_eval_nets, parse_target
-from cdx.models.masks import colorize, load_label_map
+from cdx.models.masks import FACE_PARTS, class_ids, colorize, load_label_map
 from cdx.train.synth import generate as synth
 
-SHARES = {"background": [0], "skin": [1], "hair": [13], "face parts": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 17]}
+SHARES = {"background": class_ids("background"), "skin": class_ids("skin"), "hair": class_ids("hair"), "face parts": FACE_PARTS}
 CAPTION = "This woman has brown hair. She is in her thirties."
 
 

@@ -32,9 +32,8 @@ from cdx.engine.schedule import alphas_cumprod, linear_betas, make_table, resolv
 from cdx.evaluation.methods import Method
 from cdx.evaluation.nets import load_eval_nets
 from cdx.evaluation.run_eval import CONDITION_SEED, evaluate, synthetic_faces
+from cdx.models.masks import REGIONS
 
-REGIONS = {"background": [0], "skin": [1, 2, 17], "eyes/brows": [3, 4, 5, 6, 7], "nose": [8],
-           "mouth/lips": [10, 11, 12], "hair": [13], "neck/cloth": [14, 15, 16, 18]}
 
 
 def spliced(name: str, s: int, diffusers_first: bool) -> Method:

@@ -15,8 +15,11 @@ from PIL import Image
 from cdx.errors import InputError
 from cdx.models.masks import (
     CLASS_NAMES,
+    FACE_PARTS,
     NUM_CLASSES,
     PALETTE,
+    REGIONS,
+    class_ids,
     colorize,
     label_map_to_ids,
     load_label_map,
@@ -279,6 +282,17 @@ def test_mask_class_names_and_palette():
     with Image.open(examples_dir() / "256_masks" / "29980.png") as im:
         pal = np.asarray(im.getpalette()[: 3 * 19]).reshape(19, 3)
     assert np.array_equal(pal, np.asarray(PALETTE))
+
+
+def test_mask_class_ids_and_regions():
+    assert class_ids("hair", "background", "cloth") == [13, 0, 18]
+    with pytest.raises(KeyError, match="nose_ring"):
+        class_ids("skin", "nose_ring")
+    # every class lies in exactly one benchmark region, and the face parts are the face's own classes
+    flat = [i for ids in REGIONS.values() for i in ids]
+    assert sorted(flat) == list(range(NUM_CLASSES))
+    assert REGIONS["ears"] == [8, 9] and REGIONS["hair"] == [13]
+    assert set(FACE_PARTS) == set(range(1, 13)) | {17}
 
 
 def test_mask_colorize():

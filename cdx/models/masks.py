@@ -68,6 +68,31 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 
 _PALETTE_ARRAY = np.asarray(PALETTE, dtype=np.uint8)  # [19, 3]
+
+
+def class_ids(*names: str) -> list[int]:
+    """The class ids of the named classes, in the order given; an unknown name raises ``KeyError``."""
+    unknown = [n for n in names if n not in CLASS_NAMES]
+    if unknown:
+        raise KeyError(f"no CelebAMask-HQ class {unknown[0]!r}; the classes are {', '.join(CLASS_NAMES)}")
+    return [CLASS_NAMES.index(n) for n in names]
+
+
+#: Label regions the benchmarks report weights and accuracies by (name -> class ids).
+REGIONS: dict[str, list[int]] = {
+    "background": class_ids("background"),
+    "skin": class_ids("skin", "nose", "neck"),
+    "eyes/brows": class_ids("eye_g", "l_eye", "r_eye", "l_brow", "r_brow"),
+    "ears": class_ids("l_ear", "r_ear"),
+    "mouth/lips": class_ids("mouth", "u_lip", "l_lip"),
+    "hair": class_ids("hair"),
+    "hat/jewellery/cloth": class_ids("hat", "ear_r", "neck_l", "cloth"),
+}
+
+#: Every class of the face itself (what a close-up enlarges): skin, its features, ears and neck.
+FACE_PARTS: list[int] = class_ids("skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
+                                  "mouth", "u_lip", "l_lip", "neck")
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_LISTED = 8
 

@@ -8,23 +8,12 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..models.masks import PALETTE as _MASKS_PALETTE
+
 __all__ = ["PALETTE", "colourise_mask", "save_preview_grid"]
 
-#: CelebAMask-HQ palette, index = class id (background, skin, nose, eye_g, l_eye, r_eye, l_brow, r_brow, l_ear,
-#: r_ear, mouth, u_lip, l_lip, hair, hat, ear_r, neck_l, neck, cloth); the same colours as cdx.models.masks
-_LOCAL_PALETTE = (
-    (0, 0, 0), (204, 0, 0), (76, 153, 0), (204, 204, 0), (51, 51, 255), (204, 0, 204), (0, 255, 255),
-    (255, 204, 204), (102, 51, 0), (255, 0, 0), (102, 204, 0), (255, 255, 0), (0, 0, 153), (0, 0, 204),
-    (255, 51, 153), (0, 204, 204), (0, 51, 0), (255, 153, 51), (0, 204, 0),
-)
-try:
-    from ..models.masks import PALETTE as _MASKS_PALETTE
-
-    PALETTE = np.asarray(_MASKS_PALETTE, dtype=np.uint8).reshape(-1, 3)
-    if PALETTE.shape != (19, 3):  # pragma: no cover
-        raise ImportError("unexpected palette shape")
-except Exception:  # pragma: no cover - masks module missing or different
-    PALETTE = np.asarray(_LOCAL_PALETTE, dtype=np.uint8)
+#: CelebAMask-HQ palette as a uint8 (19, 3) array, index = class id
+PALETTE = np.asarray(_MASKS_PALETTE, dtype=np.uint8)
 
 
 def colourise_mask(label: np.ndarray) -> np.ndarray:

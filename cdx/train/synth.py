@@ -36,6 +36,8 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
+from ..models.masks import CLASS_NAMES
+
 __all__ = [
     "Attributes",
     "Sample",
@@ -55,10 +57,6 @@ __all__ = [
     "SyntheticFaces",
 ]
 
-CLASS_NAMES = (
-    "background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
-    "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth",
-)
 (BG, SKIN, NOSE, EYE_G, L_EYE, R_EYE, L_BROW, R_BROW, L_EAR, R_EAR, MOUTH, U_LIP, L_LIP, HAIR, HAT, EAR_R,
  NECK_L, NECK, CLOTH) = range(19)
 
