@@ -349,6 +349,14 @@ def test_train_time_budget_stops_the_loop(faces, tmp_path):
     assert res.stopped_by == "time" and res.step < 1000
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_train_bf16_on_a_cpu_without_native_bf16_warns(faces, tmp_path, monkeypatch, capsys, native):
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)
+    _, _, res = _mask_collaborator_run(faces, quick(steps=1, batch=2, amp="bf16"), tmp_path / "c.st")
+    assert res.step == 1
+    assert ("no native bf16" in capsys.readouterr().out) is (not native)
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 
 

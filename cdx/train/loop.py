@@ -227,6 +227,14 @@ def _log(msg: str) -> None:
     sys.stdout.flush()
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN computes bf16 natively on this CPU (AVX512-BF16 or AMX); True when torch cannot say."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
 def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, gen: torch.Generator,
           ckpt: str | os.PathLike | None = None, resume: bool = False, meta: dict | None = None,
           ema: nn.Module | None = None, resume_same: dict | None = None) -> tuple[nn.Module, LoopResult]:
@@ -254,6 +262,9 @@ def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, gen: t
     amp = cfg.amp != "none"
     if cfg.amp not in ("none", "bf16"):
         raise InputError(f"amp must be 'none' or 'bf16', got {cfg.amp!r}")
+    if amp and device.type == "cpu" and not cpu_has_native_bf16():
+        _log(f"{name}: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so --amp bf16 is emulated "
+             "and several times slower than --amp none (12x measured on a 2-core AVX2 EPYC)")
     t0 = last_ckpt = time.monotonic()
     run_loss, run_n = 0.0, 0
     tty = sys.stderr.isatty()
