@@ -33,7 +33,8 @@ from cdx.evaluation.run_eval import synthetic_faces
 from cdx.models.masks import FACE_PARTS, class_ids, colorize, load_label_map
 from cdx.train.synth import generate as synth
 
-SHARES = {"background": class_ids("background"), "skin": class_ids("skin"), "hair": class_ids("hair"), "face parts": FACE_PARTS}
+SHARES = {"background": class_ids("background"), "skin": class_ids("skin"), "hair": class_ids("hair"),
+          "face parts": FACE_PARTS}
 CAPTION = "This woman has brown hair. She is in her thirties."
 CAPTION_SEED = 74000  # the synthetic conditions whose captions --synthetic-captions uses
 

@@ -36,7 +36,8 @@ def common_options(f):
         click.option("--max-minutes", type=float, default=None, help="Wall-clock budget besides --steps."),
         click.option("--device", default=None, help="cpu or cuda (default: cuda when available)."),
         click.option("--amp", type=click.Choice(["none", "bf16"]), default="none", show_default=True,
-                     help="bf16 autocast (fast on CPUs with AMX and on recent GPUs; emulated, several times slower, on other CPUs)."),
+                     help="bf16 autocast (fast on CPUs with AMX and on recent GPUs; emulated, several times "
+                          "slower, on other CPUs)."),
         click.option("--threads", type=int, default=None, help="torch CPU threads."),
         click.option("--warmup", type=int, default=None,
                      help="Linear learning-rate warm-up steps (default: per stage)."),
