@@ -118,3 +118,49 @@ def test_edit_with_a_guided_collaborator_agrees_across_backends(face, real_mask,
     r = edit_cli(guided, face, off, "--load-state", state, "--backend", "torch", "--guidance", "text=1")
     assert r.exit_code == 0, r.output
     assert np.abs(np.asarray(Image.open(off)).astype(int) - img["plain"]).max() <= 1
+
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_edit_reexport_has_the_engines_initializer_names(tmp_path, scale):
+    """TensorRT refits by ONNX initializer name and the export names some weights itself (GroupNorm's folded
+    scale and shift are `onnx::...` constants, a guided UNet's names carry its wrapper's prefix), so `cdx edit`
+    refits from a re-export of the fine-tuned model: its collaborator graphs must hold the same initializer
+    names as the export the engines were built from, every name, with the fine-tuned values."""
+    import onnx
+    from onnx import numpy_helper
+
+    from cdx.export.onnx_export import export_bundle
+    from cdx.models.bundle import save_bundle
+    from cdx.models.config import preset
+    from cdx.models.random_init import random_model
+
+    def initializers(model, name):
+        save_bundle(model, tmp_path / name)
+        export_bundle(tmp_path / name, tmp_path / f"{name}_onnx", model=model)
+        return {n: {t.name: numpy_helper.to_array(t) for t in
+                    onnx.load(str(tmp_path / f"{name}_onnx" / f"{n}_unet.onnx")).graph.initializer}
+                for n in ("text", "mask")}
+
+    cfg = preset("tiny").with_guidance({"text": scale})
+    original, edited = random_model(cfg, seed=4), random_model(cfg, seed=5)  # fine-tuning: new values
+    before, after = initializers(original, "orig"), initializers(edited, "edit")
+    for n in ("text", "mask"):
+        assert set(after[n]) == set(before[n]), n
+        anonymous = [k for k in after[n] if k.startswith("onnx::")]
+        assert anonymous, "expected the export to name some weights itself"
+        changed = [k for k in after[n] if not np.array_equal(after[n][k], before[n][k])]
+        assert set(anonymous) & set(changed) and len(changed) > len(after[n]) // 2, n
+        unet = edited.unets[n].state_dict()
+        named = [k for k in after[n] if k.removeprefix("unet.") in unet]
+        assert named, n
+        for k in named:
+            np.testing.assert_array_equal(after[n][k], unet[k.removeprefix("unet.")].numpy(), err_msg=k)
+
+
+def test_edit_on_tensorrt_without_usable_engines_is_one_line(tiny_bundle, face, tmp_path):
+    out = tmp_path / "out.png"
+    r = edit_cli(tiny_bundle, face, out, "--text", "She has red hair.", "--backend", "tensorrt",
+                 "--engine-dir", tmp_path / "no_engines")
+    assert r.exit_code == 2 and "tensorrt backend unavailable" in r.output and "Traceback" not in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()

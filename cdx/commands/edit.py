@@ -42,7 +42,7 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
 
     from ..defaults import default_checkpoint
     from ..engine.backends import _guided_cfg
-    from ..engine.edit_render import render_edit
+    from ..engine.edit_render import edit_backend, render_edit
     from ..engine.pipeline import Request, encode_conditions
     from ..engine.schedule import check_eta, resolve_eta
     from ..engine.runner import TorchRunner
@@ -64,6 +64,7 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
     check_output_path(out)
     if save_influence:
         check_output_path(save_influence, "--save-influence")
+    backend = edit_backend(backend, engine_dir)  # before minutes of optimisation
     ckpt = checkpoint or default_checkpoint()
     model = load_bundle(ckpt)
     model.cfg = _guided_cfg(model.cfg, guidance)  # sampling only: the optimisation is unguided either way

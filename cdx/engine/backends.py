@@ -57,8 +57,10 @@ def _check_guidance(runner, guidance: dict[str, float] | None, where: Path) -> N
 
 
 def _trt_usable(engine_dir: Path | None) -> tuple[bool, str]:
-    if engine_dir is None or not (engine_dir / "engines.json").is_file():
-        return False, "no TensorRT engines given"
+    if engine_dir is None:
+        return False, "no TensorRT engines given (--engine-dir)"
+    if not (engine_dir / "engines.json").is_file():
+        return False, f"no engines.json in {engine_dir} (cdx build-engine writes one)"
     try:
         from .trt import available
     except ImportError:

@@ -23,42 +23,57 @@ def edited_runner(model, state, backend: str, engine_dir: Path | None):
 
         yield TorchRunner(state.apply(model)), "backend: torch (cpu)"
         return
-    if backend == "tensorrt":
-        from .backends import _check_guidance, _trt_usable
-
-        usable, why = _trt_usable(engine_dir)
-        if not usable:
-            raise CdxError(f"tensorrt backend unavailable: {why}")
-        from .trt import TensorRTRunner
-
-        runner = TensorRTRunner(engine_dir)
-        _check_guidance(runner, {m.name: m.guidance for m in model.cfg.modalities}, engine_dir)
-        for n, weights in state.unets.items():
-            # a guided collaborator is exported as GuidedUNet, which holds the UNet as `unet`
-            prefix = "unet." if runner.cfg.modality(n).guidance != 1.0 else ""
-            runner.refit(f"{n}_unet", {prefix + k: v for k, v in weights.items()})  # needs --refittable
-        yield runner, f"backend: tensorrt on {engine_dir} (collaborators refitted)"
-        return
     from ..export.onnx_export import export_bundle
     from ..models.bundle import save_bundle
-    from .ort_runner import OrtRunner
 
     tmp_root = cache_dir() / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edit-", dir=tmp_root) as d:
         edited = state.apply(model)
+        if backend == "tensorrt":
+            runner = _trt_runner(model, engine_dir)  # its guidance checked before the export
         save_bundle(edited, Path(d) / "bundle")
         export_bundle(Path(d) / "bundle", Path(d) / "onnx", model=edited)
+        if backend == "tensorrt":
+            # TensorRT refits by ONNX initializer name, and the export names some weights itself (GroupNorm's
+            # folded scale and shift, a guided UNet's wrapper prefix): refit from a re-export of the same graph
+            for n in state.unets:
+                runner.refit_from_onnx(f"{n}_unet", Path(d) / "onnx" / f"{n}_unet.onnx")  # needs --refittable
+            yield runner, f"backend: tensorrt on {engine_dir} (collaborators refitted from a re-export)"
+            return
+        from .ort_runner import OrtRunner
+
         runner = OrtRunner(Path(d) / "onnx")
         yield runner, "backend: onnxruntime (fine-tuned collaborators re-exported to a temporary folder)"
+
+
+def _trt_runner(model, engine_dir: Path):
+    from .backends import _check_guidance
+    from .trt import TensorRTRunner
+
+    runner = TensorRTRunner(engine_dir)
+    _check_guidance(runner, {m.name: m.guidance for m in model.cfg.modalities}, engine_dir)
+    return runner
+
+
+def edit_backend(backend: str, engine_dir: Path | None) -> str:
+    """The backend an edit renders on (auto: TensorRT when engines are given, else ONNX Runtime); TensorRT is
+    refused here, before the optimisation, when it cannot run."""
+    if backend == "auto":
+        backend = "onnxruntime" if engine_dir is None else "tensorrt"
+    if backend == "tensorrt":
+        from .backends import _trt_usable
+
+        usable, why = _trt_usable(engine_dir)
+        if not usable:
+            raise CdxError(f"tensorrt backend unavailable: {why}")
+    return backend
 
 
 def render_edit(model, ckpt, state, alphas, backend, engine_dir, seed, steps, eta, want_influence):
     """Images (A, H, W, 3) for each alpha with the same noise; the influence maps of the first alpha."""
     cfg = model.cfg
-    backend = "onnxruntime" if backend == "auto" and engine_dir is None else backend
-    if backend == "auto":
-        backend = "tensorrt"
+    backend = edit_backend(backend, engine_dir)
     table = make_table(alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end)), steps,
                        "ddim", eta)
     shaping = make_shaping(cfg, state.names, table, cfg.timesteps)
