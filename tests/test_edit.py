@@ -164,3 +164,25 @@ def test_edit_on_tensorrt_without_usable_engines_is_one_line(tiny_bundle, face, 
                  "--engine-dir", tmp_path / "no_engines")
     assert r.exit_code == 2 and "tensorrt backend unavailable" in r.output and "Traceback" not in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_edit_on_tensorrt_refuses_engines_that_share_no_weight_names(monkeypatch, tmp_path):
+    """A refit that sets nothing would render the unedited collaborators: refused in one line instead."""
+    from cdx.engine import edit_render
+    from cdx.errors import CdxError
+    from cdx.models.config import preset
+    from cdx.models.random_init import random_model
+    from cdx.train.edit import EditState
+
+    class NoNames:  # an engine built from some other export: no initializer name in common
+        def refit_from_onnx(self, network, onnx_path):
+            assert onnx_path.is_file()
+            return 0
+
+    monkeypatch.setattr(edit_render, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(edit_render, "_trt_runner", lambda model, engine_dir: NoNames())
+    model = random_model(preset("tiny"), seed=2)
+    state = EditState(["text"], {}, {}, {"text": model.unets["text"].state_dict()}, {})
+    with pytest.raises(CdxError, match="shares no weight names"):
+        with edit_render.edited_runner(model, state, "tensorrt", tmp_path / "engines"):
+            pass

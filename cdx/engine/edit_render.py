@@ -38,7 +38,10 @@ def edited_runner(model, state, backend: str, engine_dir: Path | None):
             # TensorRT refits by ONNX initializer name, and the export names some weights itself (GroupNorm's
             # folded scale and shift, a guided UNet's wrapper prefix): refit from a re-export of the same graph
             for n in state.unets:
-                runner.refit_from_onnx(f"{n}_unet", Path(d) / "onnx" / f"{n}_unet.onnx")  # needs --refittable
+                if not runner.refit_from_onnx(f"{n}_unet", Path(d) / "onnx" / f"{n}_unet.onnx"):  # --refittable
+                    raise CdxError(f"the {n}_unet engine in {engine_dir} shares no weight names with this cdx's "
+                                   "export of the model; rebuild the engines (cdx export, cdx build-engine "
+                                   "--refittable)")
             yield runner, f"backend: tensorrt on {engine_dir} (collaborators refitted from a re-export)"
             return
         from .ort_runner import OrtRunner
