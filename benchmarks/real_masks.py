@@ -4,9 +4,9 @@ For each mask file and seed it generates a face from the mask and a caption, par
 eval face parser and scores the pixel accuracy against the mask at 32x32 (the condition the model gets, as
 `cdx eval`'s mask accuracy). With `--synthetic-captions` seed s takes the caption of a synthetic condition
 (the same one for every mask) and also scores `cdx eval`'s text accuracy on the attributes it states, so a
-real mask and a synthetic one are compared under the same captions. It also prints each mask's share of background, skin, hair and all face parts,
-next to the 5th-95th percentiles of the same shares over synthetic training masks: a real mask outside them
-is outside what the model was trained on.
+real mask and a synthetic one are compared under the same captions. It also prints each mask's share of
+background, skin, hair and all face parts, next to the 5th-95th percentiles of the same shares over synthetic
+training masks: a real mask outside them is outside what the model was trained on.
 
     python benchmarks/real_masks.py ../shared/examples/512_masks/*.png --seeds 4 [--synthetic-captions]
         [--grid grid.png] [--json r.json]

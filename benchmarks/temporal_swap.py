@@ -35,7 +35,6 @@ from cdx.evaluation.run_eval import CONDITION_SEED, evaluate, synthetic_faces
 from cdx.models.masks import REGIONS
 
 
-
 def spliced(name: str, s: int, diffusers_first: bool) -> Method:
     """The diffusers' weights at steps < s and the step-0 weights after (or the reverse)."""
     def make():

@@ -120,7 +120,6 @@ def test_edit_with_a_guided_collaborator_agrees_across_backends(face, real_mask,
     assert np.abs(np.asarray(Image.open(off)).astype(int) - img["plain"]).max() <= 1
 
 
-
 @pytest.mark.parametrize("scale", [1.0, 3.0])
 def test_edit_reexport_has_the_engines_initializer_names(tmp_path, scale):
     """TensorRT refits by ONNX initializer name and the export names some weights itself (GroupNorm's folded

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cdx.models.masks import class_ids
+from cdx.models.masks import FACE_PARTS, class_ids
 from cdx.train import synth
 from cdx.train.preview import PALETTE as PREVIEW_PALETTE
 from cdx.train.preview import colourise_mask, save_preview_grid
@@ -301,7 +301,6 @@ def test_synth_face_sizes_cover_real_masks():
         from golden import examples_dir
     except ImportError:
         from tests.golden import examples_dir
-    from cdx.models.masks import FACE_PARTS as parts
     from cdx.models.masks import load_label_map
 
     reals = sorted((examples_dir() / "512_masks").glob("*.png"))
@@ -310,11 +309,11 @@ def test_synth_face_sizes_cover_real_masks():
     for i in range(300):
         s = generate((1234, i), 64)
         close.append(render_layout(s.attrs, s.layout_seed, 64).close_up)
-        shares.append(np.isin(s.label, parts).mean())
+        shares.append(np.isin(s.label, FACE_PARTS).mean())
     assert 0.4 < np.mean(close) < 0.6
     lo, hi = np.percentile(shares, [5, 95])
     for p in reals:
-        share = np.isin(load_label_map(p), parts).mean()
+        share = np.isin(load_label_map(p), FACE_PARTS).mean()
         assert lo < share < hi, (p.name, share, lo, hi)
     # the close-ups are the larger faces
     assert np.mean([s for s, c in zip(shares, close) if c]) > np.mean([s for s, c in zip(shares, close) if not c]) + 0.08

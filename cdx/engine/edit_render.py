@@ -74,9 +74,9 @@ def edit_backend(backend: str, engine_dir: Path | None) -> str:
 
 
 def render_edit(model, ckpt, state, alphas, backend, engine_dir, seed, steps, eta, want_influence):
-    """Images (A, H, W, 3) for each alpha with the same noise; the influence maps of the first alpha."""
+    """Images (A, H, W, 3) for each alpha with the same noise; the influence maps of the first alpha.
+    `backend` is one :func:`edit_backend` resolved and checked (torch, onnxruntime or tensorrt)."""
     cfg = model.cfg
-    backend = edit_backend(backend, engine_dir)
     table = make_table(alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end)), steps,
                        "ddim", eta)
     shaping = make_shaping(cfg, state.names, table, cfg.timesteps)
