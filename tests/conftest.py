@@ -26,6 +26,16 @@ def tiny_export(tiny_bundle, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_mask():
+    """A real CelebAMask-HQ label map (official example); skips, saying why, in a clone without ../shared."""
     from golden import examples_dir
 
     return examples_dir() / "256_masks" / "29980.png"
+
+
+@pytest.fixture(scope="session")
+def mask_png():
+    """A label-map PNG in the CelebAMask-HQ format (palette indices = class ids) from the project's own
+    synthetic examples: for tests that need a mask file but not a real one."""
+    from golden import REPO_ROOT
+
+    return REPO_ROOT / "examples" / "mask_long_hair.png"
