@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from cdx.models.masks import FACE_PARTS, class_ids
-from cdx.train import synth
 from cdx.train.preview import PALETTE as PREVIEW_PALETTE
 from cdx.train.preview import colourise_mask, save_preview_grid
 from cdx.train.synth import (
@@ -317,3 +316,43 @@ def test_synth_face_sizes_cover_real_masks():
         assert lo < share < hi, (p.name, share, lo, hi)
     # the close-ups are the larger faces
     assert np.mean([s for s, c in zip(shares, close) if c]) > np.mean([s for s, c in zip(shares, close) if not c]) + 0.08
+
+
+def _sha(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+# Recorded from the generator as it was when the shipped model and the eval nets were trained on it
+# (cdx/train/synth.py before it became a package): a change here changes every training set.
+RECORDED = {
+    0: ("97cf10ca08d8c236", "4873cd84a2a6db18",
+        "The woman has blond hair. She is a young adult in her twenties and wears light lipstick."),
+    1: ("eefe8c866910b05f", "71608a76d9a03879",
+        "This woman wears no hat and has brown hair. Her lips have light lipstick on. She has light skin."),
+    2: ("6ceb1f2fa8fedbe3", "071dd5b54f815be6",
+        "The person is a young adult in their twenties. Their face is covered with a long beard. They have dark "
+        "skin. Their lips have light lipstick on. They wear no earrings."),
+}
+
+
+def test_synth_output_is_the_generator_the_shipped_model_was_trained_on():
+    for i, (image, label, caption) in RECORDED.items():
+        s = generate((1234, i), 64)
+        assert (_sha(s.image), _sha(s.label), s.caption) == (image, label, caption), i
+    images, labels, _, attrs, _ = generate_batch(5, 200, 64, start=17)
+    assert (_sha(images), _sha(labels), _sha(attrs)) == ("ec4a83945c0080b1", "a7e86cb4aa1dc231", "1ab45f14848f2e84")
+
+
+def test_synth_parts_read_their_draws_by_name():
+    """Every layout / colour slot name maps into its stream, and the stream sizes cover every slot."""
+    from cdx.train.synth.colours import COLOUR_SLOTS, N_COLOUR_DRAWS
+    from cdx.train.synth.layout import LAYOUT_SLOTS, N_LAYOUT_DRAWS
+
+    for slots, n in ((LAYOUT_SLOTS, N_LAYOUT_DRAWS), (COLOUR_SLOTS, N_COLOUR_DRAWS)):
+        for name, slot in slots.items():
+            start, count = slot if isinstance(slot, tuple) else (slot, 1)
+            assert 0 <= start and start + count <= n, name
+    # layout slots are one per name (no part reads another's value)
+    assert len(set(LAYOUT_SLOTS.values())) == len(LAYOUT_SLOTS)

@@ -33,10 +33,13 @@ class DataConfig:
 
 
 def synth_fingerprint() -> str:
-    """sha256 of the generator's source: a cache made by another version of it is rebuilt."""
+    """sha256 of the generator package's sources: a cache made by another version of it is rebuilt."""
     from . import synth
 
-    return hashlib.sha256(Path(synth.__file__).read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256()
+    for path in sorted(Path(synth.__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _generate_range(args: tuple[int, int, int, int]):
