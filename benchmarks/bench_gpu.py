@@ -181,7 +181,7 @@ def make_request(cfg, batch: int, steps: int, seed: int) -> Request:
             onehot = torch.nn.functional.one_hot(ids, MASK_CLASSES).transpose(1, 2).contiguous()  # (B, 19, 1024)
             conditions[m.name] = {"mask": onehot}
     names = [m.name for m in cfg.modalities]
-    table = make_table(alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end)), steps)
+    table = cfg.step_table(steps)
     shaping = make_shaping(cfg, names, table, cfg.timesteps)
     x_T, noise = draw_noise(seed, batch, (cfg.latent_channels, *cfg.latent_size), table.num_steps)
     return Request(names, conditions, x_T, noise, table, shaping)

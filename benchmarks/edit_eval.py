@@ -77,8 +77,7 @@ def main():
     nets = load_eval_nets()
     rng = np.random.default_rng(args.seed)
     eta = resolve_eta(cfg.eta, args.eta)
-    table = make_table(alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end)), args.steps,
-                       "ddim", eta)
+    table = cfg.step_table(args.steps, "ddim", eta)
     rows = {a: {"text_edit": [], "mask_acc": [], "keep_psnr": [], "keep_attrs": []} for a in alphas}
     import os
 

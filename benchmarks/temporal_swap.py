@@ -123,8 +123,7 @@ def main() -> None:
     kinds = [m.kind for m in cfg.modalities if m.kind in ("mask", "text")]
     labels = synthetic_faces((CONDITION_SEED, args.seed), args.n)["labels"]
     eta = resolve_eta(cfg.eta, None)
-    num_steps = make_table(alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end)), args.steps,
-                           "ddim", eta).num_steps
+    num_steps = cfg.step_table(args.steps, "ddim", eta).num_steps
     rec = Recorder(labels, kinds.index("mask"), num_steps, args.batch)
     methods = [rec.method(), "no_temporal"]
     methods += [spliced(f"frozen_from_{s}", s, True) for s in

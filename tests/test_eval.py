@@ -123,7 +123,7 @@ def tiny_setup():
     faces = synthetic_faces((5,), 1)  # batch 1 keeps the 2-step runs of every method within a few seconds
     faces["parse"] = parse_target(faces["labels"])
     modalities = _contexts(runner, cfg, Tokenizer(), faces, 0, 1)
-    table = make_table(alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end)), 2)
+    table = cfg.step_table(2)
     x_T, noise = draw_noise(3, 1, (cfg.latent_channels, *cfg.latent_size), table.num_steps)
     runs = {m: run_method(m, runner, modalities, x_T, noise, table, return_influence=True) for m in METHODS}
     return runner, modalities, table, x_T, noise, runs

@@ -29,7 +29,7 @@ def _inputs(seed: int, batch: int = 2, tokens: int = 77):
 def _by_hand(model, name: str, x, t, ctx, scale: float) -> torch.Tensor:
     m = model.cfg.modality(name)
     with torch.no_grad():
-        null = model.encoders[name](null_condition(m.kind))
+        null = model.encoders[name](null_condition(m))
         cond = model.unets[name](x, t, ctx)
         uncond = model.unets[name](x, t, null.expand(x.shape[0], -1, -1))
     return uncond + scale * (cond - uncond)
@@ -52,10 +52,11 @@ def test_guided_collaborator_is_the_cfg_combination(name, scale):
 
 
 def test_null_conditions_are_what_training_drops_to():
-    ids = null_condition("text", batch=3)
+    cfg = preset("tiny")
+    ids = null_condition(cfg.modality("text"), batch=3)
     assert ids.shape == (3, 77) and ids.dtype == torch.int64 and (ids[0] == ids[2]).all()
     assert int((ids != 0).sum(1)[0]) == 2  # [CLS] [SEP], the empty caption
-    mask = null_condition("mask")
+    mask = null_condition(cfg.modality("mask"))
     assert mask.shape == (1, 19, 1024) and int(mask.abs().sum()) == 0
 
 

@@ -38,7 +38,7 @@ def test_splices_meet_collaborative_and_no_temporal_at_their_ends_and_the_record
     faces = synthetic_faces((6,), 2)
     faces["parse"] = parse_target(faces["labels"])
     modalities = _contexts(runner, cfg, Tokenizer(), faces, 0, 2)
-    table = make_table(alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end)), 4)
+    table = cfg.step_table(4)
     x_T, noise = draw_noise(4, 2, (cfg.latent_channels, *cfg.latent_size), table.num_steps)
     shaping_for = lambda names: make_shaping(cfg, names, table, cfg.timesteps)  # noqa: E731
 

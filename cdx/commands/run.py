@@ -1,26 +1,55 @@
-"""`cdx run`: generate faces from a caption and/or a mask (the paper's Algorithm 2)."""
+"""`cdx run`: generate faces from a caption and/or a mask (the paper's Algorithm 2); a client of `cdx.Pipeline`."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
-import torch
 
 from ..cli import friendly, main
+from ..engine.backends import backend_choices
 from .common import check_output_path, checkpoint_option, grid, guidance_option, parse_guidance, save_image
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+def parse_conds(values) -> dict[str, Path]:
+    """('sketch=a.png', ...) -> {'sketch': Path('a.png')}; a malformed entry is a one-line error."""
+    from ..errors import InputError
+
+    out = {}
+    for v in values:
+        name, sep, path = str(v).partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--cond {v}: expected NAME=FILE, e.g. sketch=sketch.png")
+        if name in out:
+            raise InputError(f"--cond {name}: given twice")
+        out[name] = Path(path)
+    return out
+
+
+def check_distinct(outputs: dict[str, Path], inputs: dict[str, Path]) -> None:
+    """Refuse an output that is an input, or two outputs that are one file."""
+    from ..errors import InputError
+
+    seen: dict[Path, str] = {}
+    for what, p in inputs.items():
+        seen[p.resolve()] = what
+    for what, p in outputs.items():
+        r = p.resolve()
+        if r in seen:
+            raise InputError(f"{what} {p}: the same file as {seen[r]}; choose another path")
+        seen[r] = what
 
 
 @main.command()
 @click.option("--text", default=None, help="Caption, e.g. 'This man has beard of medium length.'")
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="Label-map PNG (19 CelebAMask-HQ ids).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("out.png"), show_default=True)
+@click.option("--cond", "conds", multiple=True, metavar="NAME=FILE",
+              help="The condition of another modality of the model, e.g. sketch=sketch.png (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out.png"), show_default=True,
+              help="Image file; a batch writes one per item (out-0.png, out-1.png, ...).")
 @checkpoint_option
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto",
-              show_default=True)
+@click.option("--backend", type=click.Choice(backend_choices()), default="auto", show_default=True)
 @click.option("--engine-dir", type=click.Path(path_type=Path), default=None, help="Run a given export/engine folder.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of item 0; item i uses seed + i.")
 @click.option("--steps", type=int, default=50, show_default=True)
 @click.option("--eta", type=float, default=None,
               help="DDIM eta in [0, 1], 0 = deterministic (default: the model's; 0 for the official models).")
@@ -28,55 +57,70 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--shaping/--no-shaping", default=None, help="Official influence shaping (default: the model's).")
 @guidance_option
+@click.option("--grid", "grid_path", type=click.Path(path_type=Path), default=None,
+              help="Also write the batch side by side in one image.")
 @click.option("--save-influence", type=click.Path(path_type=Path), default=None,
-              help="PNG grid of the influence maps per modality over the steps.")
-@click.option("--device", default=None, help="cpu or cuda (torch backend).")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default=None,
-              help="Network precision (default: fp16 on CUDA, fp32 on the CPU).")
+              help="PNG grid of item 0's influence maps: a row per modality, a column per chosen step.")
+@click.option("--influence-steps", type=int, default=10, show_default=True,
+              help="How many steps (columns) the influence grid shows.")
+@click.option("--device", default=None, help="cpu or cuda (torch and onnxruntime backends).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="Network precision of the torch backend (default: fp16 on CUDA, fp32 on the CPU).")
 @click.option("--cuda-graph/--no-cuda-graph", default=None,
               help="Replay each denoising step from a CUDA graph (default: on for CUDA devices).")
 @friendly
-def run(text, mask, out, checkpoint, backend, engine_dir, seed, steps, eta, sampler, batch, shaping, guidance,
-        save_influence, device, dtype, cuda_graph):
+def run(text, mask, conds, out, checkpoint, backend, engine_dir, seed, steps, eta, sampler, batch, shaping, guidance,
+        grid_path, save_influence, influence_steps, device, dtype, cuda_graph):
     """Generate faces that follow a caption and a mask."""
-    from ..defaults import default_checkpoint
-    from ..engine.backends import make_runner
-    from ..engine.pipeline import Request, generate, influence_grid
-    from ..engine.schedule import check_eta
-    from ..errors import InputError
-    from ..models.masks import load_label_map
     from tqdm import tqdm
 
-    req = Request(text=text, mask=str(mask) if mask else None, seed=seed, steps=steps, eta=eta, batch=batch,
-                  sampler=sampler, shaping=shaping, save_influence=save_influence is not None, cuda_graph=cuda_graph)
-    for flag, value, ok in (("--steps", steps, steps >= 1), ("--batch", batch, batch >= 1)):
-        if not ok:
-            raise InputError(f"{flag} {value}: out of range (steps and batch >= 1)")
-    check_eta(eta)
+    from ..api import Pipeline, config_of
+    import torch
+
+    from ..engine.request import check_int, check_memory, make_request
+    from ..render import influence_grid, item_paths
+
     guidance = parse_guidance(guidance)
-    if mask is not None:
-        load_label_map(mask)  # refuse a bad mask before any model is loaded
-    check_output_path(out)
+    conditions = parse_conds(conds)
+    check_int(influence_steps, "--influence-steps", 1, 1000)
+    check_int(batch, "--batch", 1, 1 << 20)
+    paths = item_paths(out, batch)
+    outputs = {("--out" if len(paths) == 1 else f"--out (item {i})"): p for i, p in enumerate(paths)}
+    for what, p in (("--grid", grid_path), ("--save-influence", save_influence)):
+        if p is not None:
+            outputs[what] = p
+    for what, p in outputs.items():
+        check_output_path(p, what.split()[0])
+    inputs = {"--mask": mask, **{f"--cond {k}": v for k, v in conditions.items()}}
+    check_distinct(outputs, {k: v for k, v in inputs.items() if v is not None})
+    # the request is checked, and its files decoded, before any model is loaded
+    cfg = config_of(checkpoint, engine_dir)
+    req = make_request(cfg, text=text, mask=mask, conditions=conditions, seed=seed, steps=steps, batch=batch,
+                       sampler=sampler, eta=eta, shaping=shaping, return_influence=save_influence is not None,
+                       cuda_graph=cuda_graph)
+    check_memory(cfg, req, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    pipe = Pipeline.load(checkpoint, backend, device, dtype, engine_dir, guidance or None,
+                         progress=lambda msg: click.echo(msg, err=True))
+    click.echo(pipe.description, err=True)
+    with tqdm(desc="denoising", unit="step", leave=False) as bar:
+        def tick(i, total):
+            bar.total = total
+            bar.update(1)
+
+        result = pipe.generate(req, callback=tick)
+    for p, image in zip(paths, result.arrays):
+        save_image(p, image)
+    t = result.timings
+    shown = f"{paths[0]}" if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
+    click.echo(f"wrote {shown} ({', '.join(result.modalities)}; seeds {result.seeds[0]}"
+               f"{'..' + str(result.seeds[-1]) if len(paths) > 1 else ''}, {len(result.timesteps)} steps)")
+    click.echo(f"latency: encode {t['encode_ms']:.0f} ms, denoise {t['loop_ms']:.0f} ms, decode {t['decode_ms']:.0f} ms",
+               err=True)
+    if grid_path is not None:
+        save_image(grid_path, grid(result.arrays))
+        click.echo(f"wrote {grid_path} (the batch side by side)")
     if save_influence is not None:
-        check_output_path(save_influence, "--save-influence")
-    ckpt = checkpoint if checkpoint is not None or engine_dir is not None else default_checkpoint()
-    on_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    dt = DTYPES[dtype or ("fp16" if on_cuda else "fp32")]
-    runner, desc = make_runner(backend, ckpt, engine_dir, device, dt, guidance=guidance,
-                               progress=lambda n: click.echo(f"exporting {n} to ONNX (first use)", err=True))
-    click.echo(desc, err=True)
-    req.validate(runner.cfg)
-    with tqdm(total=len(_steps(runner.cfg, req)), desc="denoising", unit="step", leave=False) as bar:
-        result = generate(runner, runner.cfg, req, callback=lambda i: bar.update(1))
-    save_image(out, grid(result.images))
-    click.echo(f"wrote {out} ({', '.join(result.modalities)}; seed {seed}, {len(result.timesteps)} steps)")
-    if save_influence is not None:
-        save_image(save_influence, influence_grid(result.loop.influence, result.modalities, result.timesteps))
+        save_image(save_influence, influence_grid(result.influence, result.modalities, result.timesteps,
+                                                  columns=influence_steps))
         click.echo(f"wrote {save_influence} (rows: {', '.join(result.modalities)}; columns: t from "
-                   f"{result.timesteps[0]} to {result.timesteps[-1]})")
-
-
-def _steps(cfg, req):
-    from ..engine.schedule import ddim_timesteps
-
-    return ddim_timesteps(req.steps, cfg.timesteps)
+                   f"{result.timesteps[0]} to {result.timesteps[-1]}; white = weight 1)")

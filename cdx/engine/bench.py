@@ -86,7 +86,7 @@ def bench_runner(runner: Runner, preset: str, batch: int, steps: int, runs: int,
         names = [m.name for m in cfg.modalities]
         contexts = [runner.run(f"{n}_encoder", random_inputs(runner.specs[f"{n}_encoder"], batch, g))["context"]
                     for n in names]
-        table = make_table(alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end)), 1)
+        table = cfg.step_table(1)
         shaping = make_shaping(cfg, names, table, cfg.timesteps)
         x_T, noise = draw_noise(0, batch, (cfg.latent_channels, *cfg.latent_size), 1)
         ms = time_median(lambda: sample(runner, names, contexts, x_T, noise, table, shaping), runner, runs, warmup)

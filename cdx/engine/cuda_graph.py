@@ -28,7 +28,8 @@ import torch
 from ..kernels import collaborate, select_kernel
 from .runner import Runner, TorchRunner
 from .sampler import LoopResult, Shaping, sample
-from .schedule import StepTable
+from ..models.schedule import StepTable
+from .step import CollaborativeStep
 from .torch_cuda import enqueue_torch
 
 MODES = ("step", "loop", "eager")
@@ -272,43 +273,22 @@ class GraphedLoop:
             step_on_device = combine is None and select_kernel(self.device) != "torch"
         self.step_on_device = step_on_device
         self.buf = _Buffers(plan, self.device)
-        self._streams = ([torch.cuda.Stream(self.device) for _ in range(streams)]
-                         if streams > 1 and self.device.type == "cuda" else [])
-        b = self.buf
-        # (network, output name, destination): all collaborators, then all diffusers, as `sample` runs them
-        self._jobs = [(f"{n}_unet", "eps", b.eps[j], b.contexts[j]) for j, n in enumerate(plan.names)]
-        if plan.m > 1:
-            self._jobs += [(f"{n}_diffuser", "logits", b.logits[j], b.contexts[j]) for j, n in enumerate(plan.names)]
+        streams = [torch.cuda.Stream(self.device) for _ in range(streams)] if streams > 1 and \
+            self.device.type == "cuda" else []
+        self._step = CollaborativeStep(self._launch, plan.names, self.buf.contexts, self.buf.eps, self.buf.logits,
+                                       streams, self.combine)
         self.graph = None
 
-    # -- the graph body: the same code captured or eager
     def networks(self) -> None:
-        """Every collaborator and diffuser at (x, t_i), outputs copied into the eps/logits stacks."""
+        """The step's 2M networks alone at (x, t_i), outputs into the stacks (what benchmarks time)."""
         b = self.buf
-        torch.index_select(b.timesteps, 0, b.step, out=b.t)  # t_i read on the device
-        t = b.t.expand(self.plan.batch)  # (1,) -> (B,)
-        if not self._streams:
-            for job in self._jobs:
-                self._run(job, t)
-            return
-        main = torch.cuda.current_stream(self.device)
-        for s in self._streams:
-            s.wait_stream(main)
-        for k, job in enumerate(self._jobs):
-            with torch.cuda.stream(self._streams[k % len(self._streams)]):
-                self._run(job, t)
-        for s in self._streams:
-            main.wait_stream(s)
-
-    def _run(self, job, t) -> None:
-        network, key, dest, context = job
-        out = self._launch(network, {"x": self.buf.x, "t": t, "context": context})[key]
-        dest.copy_(out)  # (B, C|1, h, w) in the network's dtype and layout -> contiguous stack slot
+        torch.index_select(b.timesteps, 0, b.step, out=b.t)
+        self._step.networks(b.x, b.t.expand(self.plan.batch))
 
     def step(self) -> None:
-        """One collaborative step (Algorithm 2's loop body) on the static buffers; then i += 1 on the device."""
+        """The collaborative step (step.py) on the static buffers at the device's step i; then i += 1 there."""
         b, p = self.buf, self.plan
-        self.networks()
+        torch.index_select(b.timesteps, 0, b.step, out=b.t)  # t_i read on the device
         torch.index_select(b.noise, 0, b.step, out=b.noise_i)  # noise[i]: (1, B, C, h, w)
         if self.step_on_device:
             coeffs, decay, step = b.coeffs, b.decay, b.step0  # the kernel reads row i itself
@@ -318,8 +298,8 @@ class GraphedLoop:
                 torch.index_select(b.decay, 0, b.step, out=b.decay_row)
             coeffs, decay, step = b.coeffs_row, b.decay_row if b.decay is not None else None, 0
         out = (b.eps_out, b.x, b.w) if p.influence else (b.eps_out, b.x)
-        self.combine(b.eps, b.logits, b.x, b.noise_i[0], coeffs, step, decay=decay, scale=b.scale,
-                     receiver=p.receiver, return_weights=p.influence, out=out)
+        self._step(b.x, b.t.expand(p.batch), b.noise_i[0], coeffs, step, decay, b.scale, p.receiver,
+                   return_weights=p.influence, out=out)
         if p.influence:
             b.influence.index_copy_(0, b.step, b.w.unsqueeze(0))
         if p.trace:

@@ -77,8 +77,7 @@ def render_edit(model, ckpt, state, alphas, backend, engine_dir, seed, steps, et
     """Images (A, H, W, 3) for each alpha with the same noise; the influence maps of the first alpha.
     `backend` is one :func:`edit_backend` resolved and checked (torch, onnxruntime or tensorrt)."""
     cfg = model.cfg
-    table = make_table(alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end)), steps,
-                       "ddim", eta)
+    table = cfg.step_table(steps, "ddim", eta)
     shaping = make_shaping(cfg, state.names, table, cfg.timesteps)
     x_T, noise = draw_noise(seed, 1, (cfg.latent_channels, *cfg.latent_size), table.num_steps)
     images, influence = [], None

@@ -1,7 +1,6 @@
 """The ONNX Runtime backend: the embedded default on CPU (CUDA provider where onnxruntime-gpu is)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -9,42 +8,9 @@ import numpy as np
 import torch
 
 from ..errors import StaleArtifactError
-from ..export.onnx_export import FORMAT, VERSION
+from ..export.manifest import read_export_manifest, reexport_hint  # noqa: F401  (here for its callers)
 from ..export.spec import network_specs
-from ..models.bundle import file_sha256
 from ..models.config import ModelConfig
-
-
-def reexport_hint(folder: Path) -> str:
-    return f"re-export it with `cdx export --checkpoint BUNDLE --out {folder}`"
-
-
-def read_export_manifest(folder: str | os.PathLike, expect_bundle_hash: str | None = None,
-                         verify_files: bool = True) -> dict:
-    """Load and check an export folder's manifest; refuse anything stale, truncated or tampered."""
-    folder = Path(folder)
-    mpath = folder / "manifest.json"
-    if not mpath.is_file():
-        raise StaleArtifactError(f"{folder}: no manifest.json, not a cdx export; {reexport_hint(folder)}")
-    try:
-        manifest = json.loads(mpath.read_text())
-        ok = manifest.get("format") == FORMAT and manifest.get("version") == VERSION
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        ok = False
-    if not ok:
-        raise StaleArtifactError(f"{mpath}: malformed or foreign manifest; {reexport_hint(folder)}")
-    if expect_bundle_hash is not None and manifest["bundle_hash"] != expect_bundle_hash:
-        raise StaleArtifactError(f"{folder}: exported from another checkpoint than the one given; "
-                                 f"{reexport_hint(folder)}")
-    if verify_files:
-        for name, entry in manifest["networks"].items():
-            files = {entry["file"]: entry["sha256"], **entry.get("data", {})}
-            for fname, digest in files.items():
-                f = folder / fname
-                if not f.is_file() or file_sha256(f) != digest:
-                    raise StaleArtifactError(f"{f}: missing, truncated or modified since export; "
-                                             f"{reexport_hint(folder)}")
-    return manifest
 
 
 def ort_providers() -> list[str]:
@@ -62,7 +28,7 @@ class OrtRunner:
     backend = "onnxruntime"
 
     def __init__(self, folder: str | os.PathLike, expect_bundle_hash: str | None = None, threads: int | None = None,
-                 providers: list[str] | None = None):
+                 providers: list[str] | None = None, io_binding: bool | None = None):
         self.folder = Path(folder)
         self.manifest = read_export_manifest(self.folder, expect_bundle_hash)
         self.cfg = ModelConfig.from_dict(self.manifest["config"])
@@ -70,6 +36,8 @@ class OrtRunner:
         self.providers = providers or ort_providers()
         self.device = torch.device("cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu")
         self.threads = threads or os.cpu_count() or 1
+        # bind torch tensors in place of host copies: on by default on CUDA, where each copy is a round trip
+        self.io_binding = self.device.type == "cuda" if io_binding is None else bool(io_binding)
         self._sessions = {}
 
     def session(self, network: str):
@@ -91,7 +59,12 @@ class OrtRunner:
                                          f"{reexport_hint(self.folder)}") from None
         return self._sessions[network]
 
+    def net_dtype(self, network: str) -> torch.dtype:
+        return torch.float32  # the export is fp32 throughout
+
     def run(self, network: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.io_binding:
+            return self._run_bound(network, inputs)
         spec = self.specs[network]
         feed = {}
         for t in spec.inputs:
@@ -99,3 +72,28 @@ class OrtRunner:
             feed[t.name] = np.ascontiguousarray(v.astype(np.int64 if t.dtype == "int64" else np.float32, copy=False))
         outs = self.session(network).run([t.name for t in spec.outputs], feed)
         return {t.name: torch.from_numpy(o).to(self.device) for t, o in zip(spec.outputs, outs)}
+
+    def _run_bound(self, network: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """ONNX Runtime reads the inputs and writes the outputs in torch tensors on `device`, in place:
+        no copy through the host per call (I/O binding)."""
+        spec = self.specs[network]
+        dev = self.device
+        kind, index = dev.type, dev.index if dev.index is not None else 0
+        binding = self.session(network).io_binding()
+        keep = []
+        for t in spec.inputs:
+            want = torch.int64 if t.dtype == "int64" else torch.float32
+            v = inputs[t.name].detach().to(device=dev, dtype=want).contiguous()
+            keep.append(v)
+            binding.bind_input(t.name, kind, index, np.int64 if t.dtype == "int64" else np.float32, tuple(v.shape),
+                               v.data_ptr())
+        batch = int(keep[0].shape[0])
+        outs = {}
+        for t in spec.outputs:
+            o = torch.empty(t.concrete(batch), dtype=torch.float32, device=dev)
+            binding.bind_output(t.name, kind, index, np.float32, tuple(o.shape), o.data_ptr())
+            outs[t.name] = o
+        if kind == "cuda":
+            torch.cuda.synchronize(dev)  # the inputs come from torch's stream; ONNX Runtime runs on its own
+        self.session(network).run_with_iobinding(binding)
+        return outs

@@ -1,6 +1,7 @@
 """One runner interface for every backend: named tensors in, named tensors out.
 
-The sampling loop only calls `runner.run(network, inputs)`; it never asks which backend it drives.
+The sampling loop only calls `runner.run(network, inputs)` (or, under a CUDA graph, `enqueue`); it never
+asks which backend it drives. A backend registers its runner's factory in `cdx.engine.backends`.
 """
 from __future__ import annotations
 
@@ -10,14 +11,33 @@ import torch
 
 from ..export.spec import NetworkSpec, network_specs
 from ..models.collab import CollaborativeModel
+from ..models.config import ModelConfig
 
 
 class Runner(Protocol):
-    backend: str
-    device: torch.device
-    specs: dict[str, NetworkSpec]
+    """What every backend's runner provides."""
 
-    def run(self, network: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    backend: str  # the registry name it was made by (or a variant, e.g. "torch-cuda")
+    cfg: ModelConfig  # the model it runs: modalities, guidance, shaping, sizes
+    device: torch.device  # where `run` returns its outputs (and where the loop keeps x)
+    specs: dict[str, NetworkSpec]  # every network it can run, by name (cdx.export.spec)
+
+    def run(self, network: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Named inputs (any device, fp32 or int64) -> named fp32 outputs on `device`; synchronous."""
+        ...
+
+    def net_dtype(self, network: str) -> torch.dtype:
+        """The dtype `network` computes in (its `enqueue` outputs come in it)."""
+        ...
+
+
+class EnqueueRunner(Runner, Protocol):
+    """A runner whose networks can be launched on the current CUDA stream with no host synchronisation,
+    which is what lets `cuda_graph.py` capture a step: the torch CUDA path and TensorRT."""
+
+    def enqueue(self, network: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Launch `network` on the current stream on device inputs; outputs in its dtype, not synchronised."""
+        ...
 
 
 class TorchRunner:

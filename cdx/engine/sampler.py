@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..kernels import collaborate
 from ..models.config import ModelConfig
+from ..models.schedule import StepTable, cosine_decay
 from .runner import Runner
-from .schedule import StepTable, cosine_decay
+from .step import CollaborativeStep, Weighting
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,13 @@ def draw_noise(seed: int, batch: int, shape: Sequence[int], steps: int) -> tuple
     return x_T, noise
 
 
+def draw_item_noise(seeds: Sequence[int], shape: Sequence[int], steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_T (B, *shape) and noise (N, B, *shape) with item i drawn from its own generator(seeds[i]), so an
+    item's image does not depend on what it is batched with; one seed gives exactly `draw_noise(seed, 1, ...)`."""
+    draws = [draw_noise(s, 1, shape, steps) for s in seeds]
+    return torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws], dim=1)
+
+
 @dataclass
 class LoopResult:
     z0: torch.Tensor  # (B, C, h, w) final latent
@@ -70,11 +77,11 @@ def sample(
     return_influence: bool = False,
     trace: bool = False,
     callback: Callable[[int], None] | None = None,
+    weighting: Weighting | None = None,
 ) -> LoopResult:
-    """Algorithm 2: at every step each collaborator predicts eps, each diffuser an influence logit
-    map; the fused op combines them per pixel and applies the DDIM/DDPM update (schedule.py)."""
+    """Algorithm 2: the collaborative step (step.py) at every timestep of the table, on the host's loop.
+    `weighting` replaces the diffusers' weights (the `cdx eval` methods)."""
     dev = runner.device
-    m_count = len(names)
     coeffs = torch.from_numpy(table.coeffs).to(dev)
     decay = torch.from_numpy(shaping.decay).to(dev) if shaping else None
     scale = torch.from_numpy(shaping.scale).to(dev) if shaping else None
@@ -82,20 +89,11 @@ def sample(
     ts = torch.from_numpy(table.timesteps).to(dev)
     x = x_T.to(dev)
     noise = noise.to(dev)
-    contexts = [c.to(dev) for c in contexts]
+    step = CollaborativeStep.plain(runner.run, names, [c.to(dev) for c in contexts], x)
     b = x.shape[0]
     influence, records = [], {"eps": [], "x": []}
     for i in range(table.num_steps):
-        t = ts[i].expand(b)
-        eps = torch.stack([runner.run(f"{n}_unet", {"x": x, "t": t, "context": c})["eps"]
-                           for n, c in zip(names, contexts)])  # (M, B, C, h, w)
-        if m_count > 1:
-            logits = torch.stack([runner.run(f"{n}_diffuser", {"x": x, "t": t, "context": c})["logits"]
-                                  for n, c in zip(names, contexts)])  # (M, B, 1, h, w)
-        else:
-            logits = torch.zeros((1, b, 1, *x.shape[2:]), device=dev, dtype=eps.dtype)
-        out = collaborate(eps, logits, x, noise[i], coeffs, i, decay=decay, scale=scale, receiver=receiver,
-                          return_weights=return_influence)
+        out = step(x, ts[i].expand(b), noise[i], coeffs, i, decay, scale, receiver, weighting, return_influence)
         e, x = out[0], out[1]
         if return_influence:
             influence.append(out[2])

@@ -1,12 +1,12 @@
-"""The generation methods compared in the paper's Tables 1 and 2, as one sampling loop with a weights hook.
+"""The generation methods compared in the paper's Tables 1 and 2, as weightings of the one collaborative step.
 
-Every method runs Algorithm 2 on the same x_T, per-step noise and conditions; only the per-pixel weights that
-mix the collaborators' eps differ. A hook ``hook(step, eps, influence) -> weights (M, B, 1, h, w)`` chooses them.
+Every method runs Algorithm 2 (``cdx.engine.sampler.sample``) on the same x_T, per-step noise and conditions;
+only the per-pixel weights that mix the collaborators' eps differ. A weighting
+``hook(step, eps, influence) -> weights (M, B, 1, h, w)`` chooses them (``cdx.engine.step``):
 ``influence()`` runs the dynamic diffusers at this step and returns their softmax weights after the model's
-official shaping when it has one (exactly what ``cdx.engine.sampler.sample`` mixes with);
-``influence.raw()`` returns the diffusers' softmax weights before shaping, and ``influence(w)`` shapes given
-weights with this step's shaping. The loop hands the hook's weights to the fused collaborate op as logits
-``log w`` (softmax(log w) = w), so the engine's sampler is not edited and every method uses the same update.
+official shaping when it has one; ``influence.raw()`` returns them before shaping, and ``influence(w)`` shapes
+given weights with this step's shaping. The step hands the weights to the fused collaborate op as logits
+``log w`` (softmax(log w) = w), so every method uses the same update.
 
     collaborative  the dynamic diffusers' weights at every step and pixel (the paper's method)
     composable     equal weights 1/M (Composable Diffusion's plain average of the eps; diffusers unused)
@@ -30,13 +30,9 @@ from typing import Callable, Sequence
 import torch
 
 from ..engine.runner import Runner
-from ..engine.sampler import LoopResult, Shaping
-from ..engine.schedule import StepTable
-from ..kernels import collaborate, combine_weights
-
-Influence = Callable[..., torch.Tensor]  # an _Influence: (), raw(), (weights)
-WeightsHook = Callable[[int, torch.Tensor, Influence], torch.Tensor]
-_TINY = torch.finfo(torch.float32).tiny
+from ..engine.sampler import LoopResult, sample
+from ..engine.step import Weighting as WeightsHook
+from ..models.schedule import StepTable
 
 
 def _collaborative() -> WeightsHook:
@@ -99,73 +95,6 @@ def method_named(name: str) -> Method:
     return METHODS[name] if name in METHODS else EXTRA_METHODS[name]
 
 
-class _Influence:
-    """The mixing weights of one step: ``()`` the shaped weights of the diffusers, ``raw()`` before shaping,
-    ``(w)`` the shaping applied to given weights. The diffusers run at most once per step."""
-
-    def __init__(self, runner, names, contexts, x, t, decay_i, scale, receiver):
-        self._args = runner, names, contexts, x, t
-        self._shape = decay_i, scale, receiver
-        self._logits = None
-
-    def _run(self) -> torch.Tensor:  # (M, B, 1, h, w) the diffusers' logits (zeros for one modality)
-        if self._logits is None:
-            runner, names, contexts, x, t = self._args
-            if len(names) == 1:
-                self._logits = torch.zeros((1, x.shape[0], 1, *x.shape[2:]), device=x.device, dtype=torch.float32)
-            else:
-                self._logits = torch.stack([runner.run(f"{n}_diffuser", {"x": x, "t": t, "context": c})["logits"]
-                                            for n, c in zip(names, contexts)])
-        return self._logits
-
-    def raw(self) -> torch.Tensor:
-        return combine_weights(self._run())
-
-    def __call__(self, weights: torch.Tensor | None = None) -> torch.Tensor:
-        # given weights are shaped through their logits log w (softmax(log w) = w)
-        logits = self._run() if weights is None else weights.float().clamp_min(_TINY).log()
-        decay_i, scale, receiver = self._shape
-        if logits.shape[0] == 1:
-            return torch.ones_like(logits, dtype=torch.float32)
-        return combine_weights(logits, decay_i, scale, receiver)
-
-
-def sample_with(
-    runner: Runner,
-    names: Sequence[str],
-    contexts: Sequence[torch.Tensor],
-    x_T: torch.Tensor,
-    noise: torch.Tensor,
-    table: StepTable,
-    hook: WeightsHook,
-    shaping: Shaping | None = None,
-    return_influence: bool = False,
-) -> LoopResult:
-    """Algorithm 2 with the mixing weights chosen by ``hook``; the rest is ``cdx.engine.sampler.sample``."""
-    dev = runner.device
-    coeffs = torch.from_numpy(table.coeffs).to(dev)
-    ts = torch.from_numpy(table.timesteps).to(dev)
-    decay = torch.from_numpy(shaping.decay).to(dev) if shaping else None
-    scale = torch.from_numpy(shaping.scale).to(dev) if shaping else None
-    x, noise = x_T.to(dev), noise.to(dev)
-    contexts = [c.to(dev) for c in contexts]
-    b, influence = x.shape[0], []
-    for i in range(table.num_steps):
-        t = ts[i].expand(b)
-        eps = torch.stack([runner.run(f"{n}_unet", {"x": x, "t": t, "context": c})["eps"]
-                           for n, c in zip(names, contexts)])  # (M, B, C, h, w)
-
-        influence_i = _Influence(runner, names, contexts, x, t, decay[i] if decay is not None else None, scale,
-                                 shaping.receiver if shaping else -1)
-        w = hook(i, eps, influence_i)
-        logits = w.float().clamp_min(_TINY).log().to(eps.dtype).contiguous()  # softmax(log w) = w
-        out = collaborate(eps, logits, x, noise[i], coeffs, i, return_weights=return_influence)
-        x = out[1]
-        if return_influence:
-            influence.append(out[2])
-    return LoopResult(z0=x, influence=torch.stack(influence) if return_influence else None)
-
-
 def run_method(method: str | Method, runner: Runner, modalities: dict[str, tuple[str, torch.Tensor]],
                x_T: torch.Tensor, noise: torch.Tensor, table: StepTable, shaping_for=None,
                return_influence: bool = False) -> tuple[LoopResult, list[str]]:
@@ -178,5 +107,5 @@ def run_method(method: str | Method, runner: Runner, modalities: dict[str, tuple
     chosen = [v for k, v in modalities.items() if k in m.kinds]
     names, contexts = [n for n, _ in chosen], [c for _, c in chosen]
     shaping = shaping_for(names) if shaping_for is not None and m.name != "composable" else None
-    loop = sample_with(runner, names, contexts, x_T, noise, table, m.make_hook(), shaping, return_influence)
+    loop = sample(runner, names, contexts, x_T, noise, table, shaping, return_influence, weighting=m.make_hook())
     return loop, names

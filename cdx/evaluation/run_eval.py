@@ -123,8 +123,7 @@ def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, step
     faces["parse"] = parse_target(faces["labels"])  # (n, 32, 32)
     ref_features = nets.features(synthetic_faces((REFERENCE_SEED, seed), max(n_ref, 2))["images"])
 
-    acp = alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end))
-    table = make_table(acp, steps, "ddim", eta)
+    table = cfg.step_table(steps, "ddim", eta)
     x_T, noise = draw_noise(seed, n, (cfg.latent_channels, *cfg.latent_size), table.num_steps)  # shared by all
     tokenizer = Tokenizer()
     images = {m: [] for m in names}

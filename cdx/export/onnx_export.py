@@ -3,20 +3,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-from ..errors import CdxError
+from ..errors import InputError
+from ..io import atomic_folder, check_folder_target
 from ..models.bundle import bundle_hash, file_sha256, load_bundle
 from ..models.collab import CollaborativeModel
-from .spec import NetworkSpec, TensorSpec, network_specs
+from .manifest import FORMAT, MAX_OPSET, MIN_OPSET, VERSION, manifest_digest, tensor_entry
+from .spec import NetworkSpec, network_specs
 
-FORMAT = "cdx-onnx"
-VERSION = 1
 DEFAULT_OPSET = 17
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2  # protobuf's 2 GB limit, with headroom
 
@@ -26,22 +24,18 @@ def random_inputs(spec: NetworkSpec, batch: int, generator: torch.Generator) -> 
     out = {}
     for t in spec.inputs:
         shape = t.concrete(batch)
-        if t.name == "tokens":
+        if t.values in ("tokens", "timestep"):
             out[t.name] = torch.randint(0, 1000, shape, generator=generator)
-        elif t.name == "mask":
+        elif t.values == "onehot":  # (B, classes, tokens): one class per token
             ids = torch.randint(0, shape[1], (shape[0], shape[2]), generator=generator)
             out[t.name] = torch.nn.functional.one_hot(ids, shape[1]).transpose(1, 2).contiguous()
-        elif t.name == "t":
-            out[t.name] = torch.randint(0, 1000, shape, generator=generator)
-        elif t.name == "image":
+        elif t.values == "image":
             out[t.name] = torch.rand(shape, generator=generator) * 2 - 1
+        elif t.values == "unit":
+            out[t.name] = torch.rand(shape, generator=generator)
         else:
             out[t.name] = torch.randn(shape, generator=generator)
     return out
-
-
-def _tensor_entry(t: TensorSpec) -> dict:
-    return {"name": t.name, "shape": list(t.shape), "dtype": t.dtype}
 
 
 def export_network(model: CollaborativeModel, spec: NetworkSpec, path: Path, opset: int) -> None:
@@ -66,15 +60,23 @@ def export_network(model: CollaborativeModel, spec: NetworkSpec, path: Path, ops
     onnx.checker.check_model(str(path), full_check=True)
 
 
+def check_opset(opset) -> int:
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InputError(f"--opset {opset}: cdx exports opsets {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
+    return opset
+
+
 def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike, opset: int = DEFAULT_OPSET,
-                  model: CollaborativeModel | None = None, progress=None) -> dict:
-    """Export all networks of `bundle` into folder `out` (created atomically); returns the manifest."""
+                  model: CollaborativeModel | None = None, progress=None, overwrite: bool = False,
+                  keep_existing: bool = False) -> dict:
+    """Export all networks of `bundle` into folder `out` (created atomically: cdx.io.atomic_folder, which
+    replaces an existing `out` only when it is a cdx export and `overwrite` is set); returns the manifest."""
     bundle, out = Path(bundle), Path(out)
+    check_opset(opset)
+    check_folder_target(out, FORMAT, overwrite or keep_existing)
     model = model or load_bundle(bundle)
     specs = network_specs(model.cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out, FORMAT, overwrite=overwrite, keep_existing=keep_existing) as tmp:
         nets = {}
         for name, spec in specs.items():
             if progress:
@@ -89,31 +91,11 @@ def export_bundle(bundle: str | os.PathLike, out: str | os.PathLike, opset: int 
                 "file": f"{name}.onnx",
                 "sha256": file_sha256(tmp / f"{name}.onnx"),
                 "data": {f.name: file_sha256(f) for f in [tmp / f"{name}.onnx.data"] if f.exists()},
-                "inputs": [_tensor_entry(t) for t in spec.inputs],
-                "outputs": [_tensor_entry(t) for t in spec.outputs],
+                "inputs": [tensor_entry(t) for t in spec.inputs],
+                "outputs": [tensor_entry(t) for t in spec.outputs],
             }
         manifest = {"format": FORMAT, "version": VERSION, "opset": opset, "bundle_hash": bundle_hash(bundle),
                     "config": model.cfg.to_dict(), "networks": nets}
+        manifest["digest"] = manifest_digest(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        os.chmod(tmp, 0o755)
-        _install(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Move a finished export into place; an existing folder is replaced as a whole."""
-    if out.exists():
-        if not (out / "manifest.json").is_file() and any(out.iterdir()):
-            raise CdxError(f"{out}: exists and is not a cdx export; choose another --out")
-        old = out.with_name(f".{out.name}.old.{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        try:
-            os.replace(tmp, out)
-        except OSError:  # a concurrent export won the race: its result is equally valid
-            shutil.rmtree(tmp, ignore_errors=True)

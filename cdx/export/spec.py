@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..models.config import MASK_CLASSES, MASK_TOKENS, ModelConfig
+from ..models.config import ModelConfig
+from ..models.modalities import kind_of
 
 # A dimension is an int (fixed) or a str naming a symbolic axis. "batch" is the only dynamic axis.
 Dim = int | str
@@ -18,6 +19,7 @@ class TensorSpec:
     name: str
     shape: tuple[Dim, ...]
     dtype: str  # "float32" or "int64"
+    values: str = "normal"  # what random test inputs look like: "normal", "tokens", "onehot", "unit", "timestep"
 
     def concrete(self, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == "batch" else int(d) for d in self.shape)
@@ -40,10 +42,6 @@ class NetworkSpec:
         return {t.name: t.dynamic_axes for t in self.inputs + self.outputs if t.dynamic_axes}
 
 
-def context_len(kind: str, cfg_mod) -> int:
-    return cfg_mod.text.max_seq_len if kind == "text" else MASK_CLASSES
-
-
 def network_specs(cfg: ModelConfig) -> dict[str, NetworkSpec]:
     """Every network of the engine for `cfg`, by name, in the order a run uses them."""
     c, (h, w) = cfg.latent_channels, cfg.latent_size
@@ -51,21 +49,19 @@ def network_specs(cfg: ModelConfig) -> dict[str, NetworkSpec]:
     latent = ("batch", c, h, w)
     specs: dict[str, NetworkSpec] = {}
     for m in cfg.modalities:
-        length = context_len(m.kind, m)
-        ctx = TensorSpec("context", ("batch", length, m.context_dim), "float32")
-        if m.kind == "text":
-            enc_in = TensorSpec("tokens", ("batch", m.text.max_seq_len), "int64")
-        else:
-            enc_in = TensorSpec("mask", ("batch", MASK_CLASSES, MASK_TOKENS), "int64")
+        kind = kind_of(m.kind)
+        ctx = TensorSpec("context", ("batch", kind.context_len(m), m.context_dim), "float32")
+        ins = kind.encoder_input(m)
+        enc_in = TensorSpec(ins.name, ("batch", *ins.shape), ins.dtype, ins.values)
         specs[f"{m.name}_encoder"] = NetworkSpec(f"{m.name}_encoder", f"{m.name}_encoder", (enc_in,), (ctx,),
                                                  "encoder", m.name)
-        unet_in = (TensorSpec("x", latent, "float32"), TensorSpec("t", ("batch",), "int64"), ctx)
+        unet_in = (TensorSpec("x", latent, "float32"), TensorSpec("t", ("batch",), "int64", "timestep"), ctx)
         specs[f"{m.name}_unet"] = NetworkSpec(f"{m.name}_unet", f"{m.name}_unet", unet_in,
                                               (TensorSpec("eps", latent, "float32"),), "unet", m.name)
         specs[f"{m.name}_diffuser"] = NetworkSpec(
             f"{m.name}_diffuser", f"{m.name}_diffuser", unet_in,
             (TensorSpec("logits", ("batch", 1, h, w), "float32"),), "diffuser", m.name)
-    image = TensorSpec("image", ("batch", 3, hh, ww), "float32")
+    image = TensorSpec("image", ("batch", 3, hh, ww), "float32", "image")
     specs["vae_decoder"] = NetworkSpec("vae_decoder", "vae", (TensorSpec("latent", latent, "float32"),), (image,),
                                        "vae_decoder")
     specs["vae_encoder"] = NetworkSpec("vae_encoder", "vae", (image,), (TensorSpec("latent", latent, "float32"),),

@@ -6,17 +6,14 @@ from __future__ import annotations
 from torch import nn
 
 from .autoencoder import Autoencoder
-from .config import MASK_TOKENS, ModelConfig
-from .text_encoder import MaskEncoder, TextEncoder
+from .config import ModelConfig
+from .modalities import kind_of
 from .unet import UNet
 
 
 def encoder_for(m) -> nn.Module:
-    if m.kind == "text":
-        return TextEncoder(m.text)
-    if m.kind == "mask":
-        return MaskEncoder(MASK_TOKENS, m.context_dim)
-    raise ValueError(f"unknown modality kind {m.kind!r}")
+    """The condition encoder of modality `m`, as its kind (cdx.models.modalities) builds it."""
+    return kind_of(m.kind).encoder(m)
 
 
 class CollaborativeModel(nn.Module):
@@ -65,5 +62,5 @@ class CollaborativeModel(nn.Module):
         hit = cache.get(name)
         if hit is None or hit.unet is not unet or hit.scale != m.guidance or hit.null.device != \
                 next(unet.parameters()).device:
-            cache[name] = guided(unet, self.encoders[name], m.kind, m.guidance)
+            cache[name] = guided(unet, self.encoders[name], m, m.guidance)
         return cache[name]

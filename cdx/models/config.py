@@ -75,6 +75,18 @@ class ModelConfig:
                      for m in self.modalities)
         return dataclasses.replace(self, modalities=mods)
 
+    def alphas_cumprod(self):
+        """The training schedule's cumulative alphas (T,) float64: the one place the betas are made."""
+        from .schedule import alphas_cumprod, linear_betas
+
+        return alphas_cumprod(linear_betas(self.timesteps, self.linear_start, self.linear_end))
+
+    def step_table(self, steps: int, sampler: str = "ddim", eta: float | None = None):
+        """The per-step coefficient table of a request (eta None: the model's own)."""
+        from .schedule import make_table, resolve_eta
+
+        return make_table(self.alphas_cumprod(), steps, sampler, resolve_eta(self.eta, eta))
+
     def with_shaping(self, on: bool | None) -> "ModelConfig":
         """This config with the official influence shaping switched on or off (None: as it is)."""
         return self if on is None else dataclasses.replace(self, shaping=bool(on))

@@ -71,7 +71,7 @@ def check_schedule(state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
     """The checkpoint's schedule buffers must be the ones the config's schedule gives."""
     if "alphas_cumprod" not in state:
         return
-    ours = alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end))
+    ours = cfg.alphas_cumprod()
     theirs = state["alphas_cumprod"].float().numpy()
     if theirs.shape != ours.shape or not np.allclose(theirs, ours, rtol=1e-6, atol=1e-7):
         raise CdxError("checkpoint's alphas_cumprod does not match the config's linear schedule "

@@ -17,19 +17,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import MASK_CLASSES, MASK_TOKENS
+from .modalities import kind_of
 
 
-def null_condition(kind: str, batch: int = 1) -> torch.Tensor:
-    """The encoder input condition dropout trains on: empty-caption token ids, or an all-zero mask one-hot."""
-    if kind == "text":
-        from .tokenizer import Tokenizer
-
-        ids, _ = Tokenizer().encode([""])
-        return torch.from_numpy(ids).repeat(batch, 1)
-    if kind == "mask":
-        return torch.zeros((batch, MASK_CLASSES, MASK_TOKENS), dtype=torch.int64)
-    raise ValueError(f"unknown modality kind {kind!r}")
+def null_condition(m, batch: int = 1) -> torch.Tensor:
+    """The encoder input condition dropout trains on for modality `m` (its kind's null: the empty caption's
+    token ids, an all-zero mask one-hot, ...), repeated `batch` times."""
+    return kind_of(m.kind).null_batch(m, batch)
 
 
 class GuidedUNet(nn.Module):
@@ -49,8 +43,8 @@ class GuidedUNet(nn.Module):
 
 
 @torch.no_grad()
-def guided(unet: nn.Module, encoder: nn.Module, kind: str, scale: float) -> GuidedUNet:
+def guided(unet: nn.Module, encoder: nn.Module, m, scale: float) -> GuidedUNet:
     """Wrap ``unet``; the null context comes from ``encoder`` (on the UNet's device)."""
     device = next(unet.parameters()).device
-    null = encoder.to(device)(null_condition(kind).to(device)).float()
+    null = encoder.to(device)(null_condition(m).to(device)).float()
     return GuidedUNet(unet, null, scale).to(device)

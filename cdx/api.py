@@ -1,0 +1,175 @@
+"""The public Python API: `cdx.Pipeline`.
+
+    import cdx
+    pipe = cdx.Pipeline.load()                   # the shipped model on the fastest backend here
+    out = pipe(text="This woman has blond hair.", mask="mask.png", seed=0, steps=50)
+    out.images[0].save("face.png")
+
+Every bad value raises `cdx.InputError` (a `cdx.CdxError`) with a one-line message; a missing or stale
+artifact raises `cdx.StaleArtifactError`, an unusable backend `cdx.CdxError`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .engine.request import Request, check_guidance, check_memory, make_request
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Output:
+    """What one call returns."""
+
+    images: list  # PIL.Image.Image per item, H x W RGB
+    seeds: list[int]  # the seed each item was drawn from
+    modalities: list[str]  # the modalities that conditioned it, in the model's order
+    timesteps: np.ndarray  # (N,) the t of each step, in sampling order
+    timings: dict[str, float]  # encode_ms, loop_ms, decode_ms
+    backend: str  # what it ran on, in one line
+    influence: np.ndarray | None = None  # (N, M, B, h, w) float32 per-pixel weights, when asked
+    arrays: np.ndarray = field(default=None, repr=False)  # (B, H, W, 3) uint8, the same pixels as `images`
+
+
+def _dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise InputError(f"dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+class Pipeline:
+    """A loaded model on one backend. Call it to generate; it keeps its runner (and its sessions, graphs
+    and exports) between calls. Use `Pipeline.load` to make one."""
+
+    def __init__(self, runner, description: str, make: Callable[[Mapping[str, float] | None], tuple]):
+        self.runner, self.description = runner, description
+        self._make = make  # guidance -> (runner, description): another runner for other guidance scales
+        self._by_guidance: dict[tuple, tuple] = {}
+
+    @classmethod
+    def load(cls, checkpoint: str | os.PathLike | None = None, backend: str = "auto", device: str | None = None,
+             dtype: str | torch.dtype | None = None, engine_dir: str | os.PathLike | None = None,
+             guidance: Mapping[str, float] | None = None,
+             progress: Callable[[str], None] | None = None, **options) -> "Pipeline":
+        """Load a bundle (None: the shipped model) on a backend ("auto": the fastest usable here, see
+        `cdx.engine.backends`). `engine_dir` runs an export or TensorRT engine folder; `guidance`
+        {modality: scale} overrides the bundle's classifier-free guidance; `progress` gets one-line notices
+        (first-use export). `options` go to the backend (e.g. streams=4 for the torch CUDA path)."""
+        from .defaults import default_checkpoint
+        from .engine.backends import make_runner
+
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        eng = Path(engine_dir) if engine_dir is not None else None
+        if ckpt is None and eng is None:
+            ckpt = default_checkpoint()
+        dt = _dtype(dtype)
+
+        def make(g):
+            return make_runner(backend, ckpt, eng, device, dt, progress=progress, guidance=dict(g) if g else None,
+                               **options)
+
+        if guidance is not None:
+            _check_guidance_values(guidance)
+        runner, desc = make(guidance)
+        return cls(runner, desc, make)
+
+    # -- what the model is
+    @property
+    def cfg(self):
+        return self.runner.cfg
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m.name for m in self.cfg.modalities]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.cfg.image_size
+
+    def _runner_for(self, guidance):
+        if guidance is None:
+            return self.runner, self.description
+        own = {m.name: m.guidance for m in self.cfg.modalities}
+        wanted = {n: s for n, s in check_guidance(self.cfg, guidance).items() if own[n] != s} if guidance else {}
+        if not wanted:
+            return self.runner, self.description
+        key = tuple(sorted(wanted.items()))
+        if key not in self._by_guidance:
+            self._by_guidance[key] = self._make({**own, **wanted})
+        return self._by_guidance[key]
+
+    def __call__(self, text: str | Sequence[str] | None = None, mask: Any = None, seed: int | Sequence[int] = 0,
+                 steps: int = 50, batch: int | None = None, sampler: str = "ddim", eta: float | None = None,
+                 shaping: bool | None = None, guidance: Mapping[str, float] | None = None,
+                 return_influence: bool = False, callback: Callable[[int, int], None] | None = None,
+                 conditions: Mapping[str, Any] | None = None, cuda_graph: bool | None = None) -> Output:
+        """Generate faces. `text` a caption; `mask` a label-map PNG path, a PIL label map or an (H, W) array
+        of class ids 0..18; `conditions` {modality: value} any modality by name. Each may be a list, one per
+        item; `seed` too (a single seed with batch=n gives seeds seed..seed+n-1). Item i draws its noise
+        from its own generator, so it is the image its request gives alone. `callback(i, total)` after each
+        step; `guidance` {modality: scale} for this call (an export is made for new scales on first use)."""
+        req = make_request(self.cfg, text=text, mask=mask, conditions=conditions, seed=seed, steps=steps,
+                           batch=batch, sampler=sampler, eta=eta, shaping=shaping,
+                           return_influence=return_influence, cuda_graph=cuda_graph)
+        return self.generate(req, guidance=guidance, callback=callback)
+
+    def generate(self, request: Request, guidance: Mapping[str, float] | None = None,
+                 callback: Callable[[int, int], None] | None = None) -> Output:
+        """Run a request made by `cdx.engine.request.make_request` (what `__call__` does after checking)."""
+        from PIL import Image
+
+        from .engine.pipeline import generate
+
+        if callback is not None and not callable(callback):
+            raise InputError("callback must be callable as callback(step, total)")
+        runner, desc = self._runner_for(guidance)
+        check_memory(runner.cfg, request, torch.device(runner.device))
+        total = runner.cfg.step_table(request.steps, request.sampler, request.eta).num_steps
+        result = generate(runner, request, callback=(lambda i: callback(i, total)) if callback else None)
+        influence = None
+        if result.loop.influence is not None:  # (N, M, B, 1, h, w) -> (N, M, B, h, w)
+            influence = result.loop.influence[:, :, :, 0].float().cpu().numpy()
+        return Output(images=[Image.fromarray(a) for a in result.images], seeds=list(result.seeds),
+                      modalities=result.modalities, timesteps=result.timesteps, timings=result.timings,
+                      backend=desc, influence=influence, arrays=result.images)
+
+
+def config_of(checkpoint: str | os.PathLike | None = None, engine_dir: str | os.PathLike | None = None):
+    """The ModelConfig of a bundle (None: the shipped one) or of an export / engine folder, read from its
+    manifest alone (nothing is loaded): enough to check a request before the model is."""
+    from .defaults import default_checkpoint
+    from .errors import StaleArtifactError
+    from .models.bundle import read_manifest
+    from .models.config import ModelConfig
+
+    if checkpoint is not None or engine_dir is None:
+        return ModelConfig.from_dict(read_manifest(checkpoint if checkpoint is not None else default_checkpoint())
+                                     ["config"])
+    folder = Path(engine_dir)
+    if (folder / "engines.json").is_file():
+        from .engine.trt.manifest import read_engine_manifest
+
+        return ModelConfig.from_dict(read_engine_manifest(folder)["config"])
+    from .export.manifest import read_export_manifest
+
+    if not (folder / "manifest.json").is_file():
+        raise StaleArtifactError(f"{folder}: neither an export (manifest.json) nor an engine folder (engines.json)")
+    return ModelConfig.from_dict(read_export_manifest(folder, verify_files=False)["config"])
+
+
+def _check_guidance_values(guidance) -> None:
+    from .engine.request import GUIDANCE_RANGE, check_float
+
+    if not isinstance(guidance, Mapping):
+        raise InputError(f"guidance {guidance!r}: expected a mapping of modality name to scale, e.g. {{'text': 3}}")
+    for name, scale in guidance.items():
+        check_float(scale, f"guidance {name}", *GUIDANCE_RANGE)

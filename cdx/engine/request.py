@@ -1,0 +1,213 @@
+"""A generation request, validated once at the boundary: every user value checked and every input file
+decoded here, so that nothing after it fails on bad input.
+
+`make_request` turns what a user gives (captions, masks, other conditions, one per item or one for all;
+seeds; steps, sampler, eta, shaping, guidance) into a frozen `Request` of encoder inputs (B, ...) per
+modality and one seed per item. Every bad value raises `cdx.InputError` with a one-line message.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..models.config import ModelConfig
+from ..models.modalities import kind_of
+
+SAMPLERS = ("ddim", "ddpm")
+SEED_LIMIT = 2 ** 64  # seeds lie in [0, 2**64): what torch.Generator.manual_seed takes
+GUIDANCE_RANGE = (0.0, 30.0)  # classifier-free guidance scales beyond 30 only saturate the image
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one call of the pipeline generates; every field already checked."""
+
+    inputs: dict[str, torch.Tensor]  # modality name -> encoder input (B, ...), in the model's modality order
+    seeds: tuple[int, ...]  # one per item: item i draws its noise from generator(seeds[i])
+    steps: int = 50
+    sampler: str = "ddim"
+    eta: float | None = None  # None: the model's default
+    shaping: bool | None = None  # None: the model's default
+    return_influence: bool = False
+    cuda_graph: bool | None = None  # None: on where the runner is on CUDA
+
+    @property
+    def batch(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.inputs)
+
+    def compatible_key(self) -> tuple:
+        """Requests with equal keys can share one batched call (serving)."""
+        return (tuple(self.inputs), self.steps, self.sampler, self.eta, self.shaping, self.return_influence)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    if not _is_int(seed):
+        raise InputError(f"{what} {seed!r}: expected an integer")
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise InputError(f"{what} {seed}: out of range (0 <= seed < 2**64)")
+    return int(seed)
+
+
+def check_int(value, what: str, lo: int, hi: int) -> int:
+    if not _is_int(value):
+        raise InputError(f"{what} {value!r}: expected an integer")
+    if not lo <= int(value) <= hi:
+        raise InputError(f"{what} {value}: out of range ({lo}..{hi})")
+    return int(value)
+
+
+def check_float(value, what: str, lo: float, hi: float) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(f"{what} {value!r}: expected a number")
+    v = float(value)
+    if not math.isfinite(v) or not lo <= v <= hi:
+        raise InputError(f"{what} {value}: out of range ({lo:g} <= {what.lstrip('-')} <= {hi:g})")
+    return v
+
+
+def check_guidance(cfg: ModelConfig, guidance: Mapping[str, float] | None) -> dict[str, float] | None:
+    """{modality: scale} with every name a modality of the model and every scale in GUIDANCE_RANGE."""
+    if guidance is None:
+        return None
+    if not isinstance(guidance, Mapping):
+        raise InputError(f"guidance {guidance!r}: expected a mapping of modality name to scale, e.g. {{'text': 3}}")
+    have = [m.name for m in cfg.modalities]
+    out = {}
+    for name, scale in guidance.items():
+        if name not in have:
+            raise InputError(f"guidance: no modality named {name!r}; this model has {', '.join(have)}")
+        out[name] = check_float(scale, f"guidance {name}", *GUIDANCE_RANGE)
+    return out or None
+
+
+def _per_item(value, what: str) -> list | None:
+    """A list of per-item values, or a one-item list for a single value (None: not given)."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise InputError(f"{what}: an empty list; give one value per item or a single value")
+        if any(v is None for v in value):
+            raise InputError(f"{what}: every item of a batch needs a value (found None); the modalities of a "
+                             "batch are the same for every item")
+        return list(value)
+    return [value]
+
+
+def _batch_size(lists: Mapping[str, list], seeds: list | None, batch: int | None) -> int:
+    sizes = {k: len(v) for k, v in lists.items() if len(v) > 1}
+    if seeds is not None and len(seeds) > 1:
+        sizes["seed"] = len(seeds)
+    if batch is not None:
+        batch = check_int(batch, "batch", 1, 1 << 20)
+        if seeds is not None and len(seeds) > 1:
+            raise InputError("give seed as a list or batch=n with one seed, not both")
+        sizes["batch"] = batch
+    if len(set(sizes.values())) > 1:
+        raise InputError("the per-item lists differ in length: " + ", ".join(f"{k} {n}" for k, n in sizes.items()))
+    return next(iter(sizes.values()), 1)
+
+
+def make_request(cfg: ModelConfig, text=None, mask=None, conditions: Mapping[str, Any] | None = None, seed=0,
+                 steps: int = 50, batch: int | None = None, sampler: str = "ddim", eta: float | None = None,
+                 shaping: bool | None = None, return_influence: bool = False,
+                 cuda_graph: bool | None = None) -> Request:
+    """The one validation of a generation request (see the module docstring). `text` and `mask` give the
+    model's text and mask modality; `conditions` {modality name: value(s)} any modality by name."""
+    given: dict[str, Any] = {}
+    for kind, value in (("text", text), ("mask", mask)):
+        if value is None:
+            continue
+        mods = [m for m in cfg.modalities if m.kind == kind]
+        if not mods:
+            raise InputError(f"this model has no {kind} modality (it has {', '.join(m.name for m in cfg.modalities)})")
+        given[mods[0].name] = value
+    for name, value in (conditions or {}).items():
+        if name not in {m.name for m in cfg.modalities}:
+            raise InputError(f"no modality named {name!r}; this model has {', '.join(m.name for m in cfg.modalities)}")
+        if name in given:
+            raise InputError(f"modality {name!r} given twice")
+        if value is not None:
+            given[name] = value
+    if not given:
+        raise InputError("give at least one condition: " + ", ".join(
+            f"{m.name} ({kind_of(m.kind).describe})" for m in cfg.modalities))
+    steps = check_int(steps, "steps", 1, cfg.timesteps)
+    if sampler not in SAMPLERS:
+        raise InputError(f"sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if eta is not None:
+        eta = check_float(eta, "eta", 0.0, 1.0)
+    if shaping is not None and not isinstance(shaping, (bool, np.bool_)):
+        raise InputError(f"shaping {shaping!r}: expected True, False or None")
+    lists = {name: _per_item(v, name) for name, v in given.items()}
+    seeds = _per_item(seed, "seed")
+    n = _batch_size(lists, seeds, batch)
+    if len(seeds) == 1:
+        first = check_seed(seeds[0])
+        if first + n - 1 >= SEED_LIMIT:
+            raise InputError(f"seed {first} with batch {n}: the last seed passes 2**64 - 1")
+        seeds = [first + i for i in range(n)]
+    else:
+        seeds = [check_seed(s) for s in seeds]
+    inputs = {}
+    for m in cfg.modalities:  # model order, so contexts line up with the shaping tables
+        if m.name in lists:
+            values = lists[m.name]
+            kind = kind_of(m.kind)
+            if len(values) == 1 and n > 1:  # one condition for every item: parsed (files decoded) once
+                one = kind.batch(values, m, m.name)
+                inputs[m.name] = one.expand(n, *one.shape[1:]).contiguous()
+            else:
+                inputs[m.name] = kind.batch(values, m, m.name)
+    return Request(inputs=inputs, seeds=tuple(seeds), steps=steps, sampler=sampler, eta=eta,
+                   shaping=None if shaping is None else bool(shaping), return_influence=bool(return_influence),
+                   cuda_graph=cuda_graph)
+
+
+def check_memory(cfg: ModelConfig, req: Request, device: torch.device) -> None:
+    """Refuse a batch whose estimated working memory exceeds what the device has free (InputError)."""
+    need = estimate_bytes(cfg, req.batch, cfg.step_table(req.steps, req.sampler, req.eta).num_steps,
+                          len(req.inputs), req.return_influence)
+    free = _free_bytes(device)
+    if free is not None and need > free:
+        raise InputError(f"batch {req.batch}: needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on "
+                         f"{device}; use a smaller batch")
+
+
+def estimate_bytes(cfg: ModelConfig, batch: int, num_steps: int, m: int, influence: bool) -> int:
+    """A rough upper estimate of a request's working memory: the all-steps noise and influence, and the
+    largest activations of a collaborator and of the VAE decoder (about 8 live fp32 maps of their widest
+    level at full resolution; measured peaks of the shipped and official models stay below it)."""
+    c, (h, w) = cfg.latent_channels, cfg.latent_size
+    hh, ww = cfg.image_size
+    unet = max(x.unet.model_channels * max(x.unet.channel_mult) for x in cfg.modalities)
+    vae = cfg.autoencoder.ch * max(cfg.autoencoder.ch_mult)
+    per_item = 4 * (num_steps * c * h * w + (num_steps * m * h * w if influence else 0)
+                    + 8 * unet * h * w + 8 * vae * hh * ww)
+    return batch * per_item
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:  # Linux: what the kernel says can be allocated without swapping
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
