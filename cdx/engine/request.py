@@ -49,6 +49,22 @@ class Request:
         return (tuple(self.inputs), self.steps, self.sampler, self.eta, self.shaping, self.return_influence)
 
 
+def concat_requests(requests) -> Request:
+    """One request of all the items of compatible requests (equal `compatible_key`), in order: what a server
+    runs as one batch. Each item keeps its own seed, so each keeps its image."""
+    reqs = list(requests)
+    if not reqs:
+        raise ValueError("no requests to concatenate")
+    key = reqs[0].compatible_key()
+    if any(r.compatible_key() != key for r in reqs[1:]):
+        raise ValueError("requests differ in modalities, steps, sampler, eta, shaping or influence")
+    inputs = {n: torch.cat([r.inputs[n] for r in reqs]) for n in reqs[0].inputs}
+    seeds = tuple(s for r in reqs for s in r.seeds)
+    first = reqs[0]
+    return Request(inputs=inputs, seeds=seeds, steps=first.steps, sampler=first.sampler, eta=first.eta,
+                   shaping=first.shaping, return_influence=first.return_influence, cuda_graph=first.cuda_graph)
+
+
 def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 
