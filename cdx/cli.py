@@ -1,7 +1,9 @@
-"""The `cdx` command line: thin commands over library functions."""
+"""The `cdx` command line: thin commands over library functions, behind one error boundary."""
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 import warnings
 
@@ -9,29 +11,72 @@ import click
 
 from .errors import CdxError
 
+TRACEBACK_ENV = "CDX_TRACEBACK"
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
-def friendly(fn):
-    """Turn user-facing failures into one line on stderr and exit code 2; never a traceback."""
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "(no message)"
+
+
+def _fail(message: str, code: int):
+    click.echo(f"error: {_one_line(message)}", err=True)
+    sys.exit(code)
+
+
+def _os_message(e: OSError) -> str:
+    where = f"{e.filename}: " if e.filename else ""
+    if e.errno == errno.ENOSPC:
+        return f"{where}no space left on device; free some space or write elsewhere"
+    return f"{where}{e.strerror or e}"
+
+
+def boundary(fn):
+    """Expected failures -> `error: <one line>`, exit 2; anything else is a bug -> one line, exit 1.
+
+    Set CDX_TRACEBACK=1 to let the exception (and its traceback) through."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except CdxError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+        except (click.exceptions.Exit, click.Abort, click.ClickException):
+            raise  # click's own exits and usage errors (exit 2 with the usage line)
         except KeyboardInterrupt:
             click.echo("interrupted; nothing was written", err=True)
             sys.exit(130)
+        except Exception as e:
+            if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+                raise
+            if isinstance(e, CdxError):
+                _fail(str(e), 2)
+            if isinstance(e, OSError):  # write errors, a full disk, an unwritable cache, /proc paths
+                _fail(_os_message(e), 2)
+            if isinstance(e, MemoryError) or (isinstance(e, RuntimeError)
+                                              and any(w in str(e).lower() for w in _OOM_WORDS)):
+                _fail("out of memory; try a smaller --batch (or a smaller model or image)", 2)
+            first = _one_line(str(e).strip().splitlines()[0] if str(e).strip() else "")
+            _fail(f"internal error (a bug in cdx): {type(e).__name__}: {first[:300]}; "
+                  f"run again with {TRACEBACK_ENV}=1 to see the traceback", 1)
 
     return wrapper
 
 
+# The commands' decorator (kept by that name): the group below applies the same boundary to every command,
+# so a command that forgets it still never prints a traceback.
+friendly = boundary
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        return boundary(super().invoke)(ctx)
+
+
 def _warn_one_line(message, category, filename, lineno, file=None, line=None):
-    click.echo(f"warning: {message}", err=True)
+    click.echo(f"warning: {_one_line(message)}", err=True)
 
 
-@click.group()
+@click.group(cls=_Group)
 @click.version_option(package_name="cdx")
 def main():
     """cdx: a fast inference engine for Collaborative Diffusion."""
@@ -41,7 +86,7 @@ def main():
 def _register():
     from .commands import convert, export, run  # noqa: F401  (each module adds its command to `main`)
 
-    for mod in ("bench", "build_engine", "train", "eval", "edit"):
+    for mod in ("bench", "build_engine", "train", "data", "eval", "edit"):
         try:
             __import__(f"{__package__}.commands.{mod}")
         except ModuleNotFoundError as e:

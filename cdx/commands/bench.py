@@ -9,6 +9,8 @@ import click
 from ..cli import friendly, main
 from .common import checkpoint_option
 
+STAGES = ("networks", "step", "end_to_end")
+
 
 def random_bundle(preset: str) -> Path:
     """A bundle of `preset` with random weights, made once in the cache (for per-step cost at real size)."""
@@ -17,9 +19,14 @@ def random_bundle(preset: str) -> Path:
     from ..models.config import preset as get_preset
     from ..models.random_init import random_model
 
+    from ..errors import InputError
+    from ..models.config import PRESETS
+
+    if preset not in PRESETS:
+        raise InputError(f"--preset {preset}: unknown; choose one of {', '.join(PRESETS)}")
     path = cache_dir() / "random" / f"{preset}-seed0"
     if not (path / "bundle.json").is_file():
-        save_bundle(random_model(get_preset(preset), seed=0), path, extra={"random_weights": True})
+        save_bundle(random_model(get_preset(preset), seed=0), path, extra={"random_weights": True}, overwrite=True)
     return path
 
 
@@ -33,17 +40,21 @@ def random_bundle(preset: str) -> Path:
 @click.option("--warmup", type=int, default=1, show_default=True)
 @click.option("--stages", default="networks,step,end_to_end", show_default=True)
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="Mask for the end-to-end stage.")
-@click.option("--device", default=None)
+@click.option("--device", default=None, help="cpu or cuda (torch backend).")
+@click.option("--engine-dir", type=click.Path(path_type=Path), default=None,
+              help="An export or TensorRT engine folder to bench (the tensorrt backend needs one).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
 @friendly
-def bench(checkpoint, preset, backends, batch, steps, runs, warmup, stages, mask, device, json_path, plot_path):
+def bench(checkpoint, preset, backends, batch, steps, runs, warmup, stages, mask, device, engine_dir, json_path,
+          plot_path):
     """Median latency after warm-up, side by side for several backends."""
     from ..defaults import default_checkpoint
-    from ..engine.backends import make_runner
+    from ..devices import check_device
+    from ..engine.backends import BACKENDS, make_runner
     from ..engine.bench import bench_runner, plot, report, table_text
     from ..errors import InputError
-    from ..io import atomic_write_text
+    from ..io import atomic_write_text, check_output_file
 
     if checkpoint and preset:
         raise InputError("give --checkpoint or --preset, not both")
@@ -54,11 +65,26 @@ def bench(checkpoint, preset, backends, batch, steps, runs, warmup, stages, mask
             import matplotlib  # noqa: F401
         except ImportError:
             raise InputError("--plot needs matplotlib (pip install matplotlib); drop --plot to bench without it") from None
-    ckpt = random_bundle(preset) if preset else (checkpoint or default_checkpoint())
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BACKENDS]
+    if not names or unknown:
+        raise InputError(f"--backends {backends}: choose from {', '.join(BACKENDS)}")
+    if device is not None:
+        check_device(device)
+    if mask is not None:
+        from ..models.masks import load_label_map
+
+        load_label_map(mask)
+    for flag, p in (("--json", json_path), ("--plot", plot_path)):
+        if p is not None:
+            check_output_file(p, flag)
     stage_set = tuple(s.strip() for s in stages.split(","))
+    if not stage_set or not set(stage_set) <= set(STAGES):
+        raise InputError(f"--stages {stages}: choose from {', '.join(STAGES)}")
+    ckpt = random_bundle(preset) if preset else (checkpoint or default_checkpoint())
     results = []
-    for backend in [b.strip() for b in backends.split(",") if b.strip()]:
-        runner, desc = make_runner(backend, ckpt, None, device,
+    for backend in names:
+        runner, desc = make_runner(backend, ckpt, engine_dir, device,
                                    progress=lambda n: click.echo(f"exporting {n} to ONNX (first use)", err=True))
         click.echo(desc, err=True)
         results += bench_runner(runner, preset or runner.cfg.preset, batch, steps, runs, warmup, stage_set,

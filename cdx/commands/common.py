@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from ..errors import InputError
-from ..io import atomic_path
+from ..io import atomic_path, probe_writable
 
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
@@ -23,6 +23,7 @@ def check_output_path(path: str | os.PathLike, what: str = "--out") -> Path:
         raise InputError(f"{what} {p}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK) or (p.exists() and (p.is_dir() or not os.access(p, os.W_OK))):
         raise InputError(f"{what} {p}: not writable")
+    probe_writable(parent, f"{what} {p}")  # os.access says yes to root, and for /proc and read-only mounts
     return p
 
 

@@ -22,9 +22,9 @@ from .common import check_output_path, checkpoint_option, grid, guidance_option,
 @click.option("--alpha", default="0.9", show_default=True,
               help="Interpolation towards the target condition (comma-separated list for a sweep).")
 @click.option("--embed-steps", type=int, default=EditConfig.embed_steps, show_default=True)
-@click.option("--embed-lr", type=float, default=EditConfig.embed_lr, show_default=True)
+@click.option("--embed-lr", type=float, default=EditConfig.embed_lr, show_default=True, help="In (0, 1].")
 @click.option("--finetune-steps", type=int, default=EditConfig.finetune_steps, show_default=True)
-@click.option("--finetune-lr", type=float, default=EditConfig.finetune_lr, show_default=True)
+@click.option("--finetune-lr", type=float, default=EditConfig.finetune_lr, show_default=True, help="In (0, 1].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--steps", type=int, default=50, show_default=True)
 @click.option("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default: the model's).")
@@ -34,29 +34,43 @@ from .common import check_output_path, checkpoint_option, grid, guidance_option,
               help="Keep the optimised embeddings and fine-tuned weights here.")
 @click.option("--load-state", type=click.Path(path_type=Path), default=None,
               help="Reuse a saved state (skips the optimisation).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing cdx edit state at --save-state.")
 @friendly
 def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_steps, embed_lr, finetune_steps,
-         finetune_lr, seed, steps, eta, guidance, save_influence, save_state, load_state):
+         finetune_lr, seed, steps, eta, guidance, save_influence, save_state, load_state, overwrite):
     """Edit a face so that it follows a new caption and/or mask, keeping who it is."""
     from tqdm import tqdm
 
     from ..defaults import default_checkpoint
     from ..engine.backends import _guided_cfg
     from ..engine.edit_render import edit_backend, render_edit
-    from ..engine.pipeline import Request, encode_conditions
+    from ..engine.pipeline import encode_conditions
+    from ..engine.request import make_request
     from ..engine.schedule import check_eta, resolve_eta
     from ..engine.runner import TorchRunner
     from ..errors import InputError
+    from ..io import check_folder_target
     from ..models.bundle import bundle_hash, load_bundle
     from ..models.masks import load_label_map
-    from ..train.edit import EditConfig, load_image, load_state as read_state, run_edit, save_state as write_state
+    from ..train.edit import (STATE_FORMAT, EditConfig, load_image, load_state as read_state, run_edit,
+                              save_state as write_state)
 
     alphas = _alphas(alpha)
     guidance = parse_guidance(guidance)
     for flag, v in (("--embed-steps", embed_steps), ("--finetune-steps", finetune_steps), ("--steps", steps)):
         if v < (0 if flag != "--steps" else 1):
             raise InputError(f"{flag} {v}: out of range")
+    for flag, v in (("--embed-lr", embed_lr), ("--finetune-lr", finetune_lr)):
+        if not 0 < v <= 1:  # NaN fails this too
+            raise InputError(f"{flag} {v}: must be a number in (0, 1]")
+    if not 0 <= seed < 2**64:
+        raise InputError(f"--seed {seed}: must be in [0, 2**64)")
     check_eta(eta)
+    _distinct({"--image": image, "--mask": mask, "--out": out, "--save-influence": save_influence})
+    if save_state is not None and load_state is not None:
+        raise InputError("--save-state with --load-state: the loaded state is saved already; drop one of them")
+    if save_state is not None:
+        check_folder_target(save_state, STATE_FORMAT, overwrite, "--save-state")  # before the optimisation
     if text is None and mask is None and load_state is None:
         raise InputError("give --text, --mask or both (the target of the edit)")
     if mask is not None:
@@ -70,12 +84,11 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
     model.cfg = _guided_cfg(model.cfg, guidance)  # sampling only: the optimisation is unguided either way
     img = load_image(image, model.cfg.image_size)
     if load_state is not None:
-        state = read_state(load_state)
+        state = read_state(load_state, model)
         if state.meta.get("bundle_hash") != bundle_hash(ckpt):
             raise InputError(f"--load-state {load_state}: made with another checkpoint; re-run the edit")
     else:
-        req = Request(text=text, mask=str(mask) if mask else None, batch=1)
-        names, contexts = encode_conditions(TorchRunner(model), model.cfg, req)
+        names, contexts = encode_conditions(TorchRunner(model), make_request(model.cfg, text=text, mask=mask))
         cfg = EditConfig(embed_steps, embed_lr, finetune_steps, finetune_lr, seed=seed)
         total = len(names) * (embed_steps + finetune_steps)
         with tqdm(total=total, desc="optimising", unit="step", leave=False) as bar:
@@ -85,7 +98,7 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
             state = run_edit(model, img, dict(zip(names, contexts)), cfg, progress)
         if save_state is not None:
             write_state(state, save_state, {"bundle_hash": bundle_hash(ckpt), "image": str(image), "text": text,
-                                            "mask": str(mask) if mask else None})
+                                            "mask": str(mask) if mask else None}, overwrite=overwrite)
             click.echo(f"wrote edit state {save_state}")
     eta = resolve_eta(model.cfg.eta, eta)
     images, influence, desc = render_edit(model, ckpt, state, alphas, backend, engine_dir, seed, steps, eta,
@@ -94,10 +107,24 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
     save_image(out, grid(images))
     click.echo(f"wrote {out} ({', '.join(state.names)} edited; alpha {', '.join(map(str, alphas))})")
     if save_influence is not None:
-        from ..engine.pipeline import influence_grid
         from ..engine.schedule import ddim_timesteps
+        from ..render import influence_grid
 
         save_image(save_influence, influence_grid(influence, state.names, ddim_timesteps(steps)[::-1]))
+
+
+def _distinct(paths: dict) -> None:
+    """Refuse an output path that is also an input (or another output) path."""
+    from ..errors import InputError
+
+    seen = {}
+    for flag, p in paths.items():
+        if p is None:
+            continue
+        key = Path(p).resolve()
+        if key in seen:
+            raise InputError(f"{flag} {p}: the same file as {seen[key]}; give another path")
+        seen[key] = flag
 
 
 def _alphas(text: str) -> list[float]:

@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
-from ..models.bundle import bundle_hash, file_sha256, load_bundle, read_manifest, save_bundle, stored_dtype
+from ..io import check_folder_target
+from ..models.bundle import (FORMAT, bundle_hash, file_sha256, load_bundle, read_manifest, save_bundle,
+                             stored_dtype)
 from ..models.collab import CollaborativeModel
 from ..models.config import ModelConfig
 from .autoencoder import load_vae
@@ -46,10 +48,12 @@ def sampling_config(cfg: ModelConfig, eta: float = 0.0, shaping: bool = False,
 def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
              dtype: torch.dtype = torch.float16, eta: float = 0.0, shaping: bool = False,
              guidance: dict[str, float] | None = None, shaping_scale: float | None = None,
-             shaping_decay: str = "cosine") -> str:
+             shaping_decay: str = "cosine", overwrite: bool = True) -> str:
     """Build the model from `work`'s stage outputs and save it as a bundle at `out`; returns its hash.
-    A guidance scale other than 1 needs a collaborator trained with condition dropout."""
+    A guidance scale other than 1 needs a collaborator trained with condition dropout. An existing `out` is
+    replaced only when it is a cdx bundle (and `overwrite` is set); anything else there is refused first."""
     work = Path(work)
+    check_folder_target(out, FORMAT, overwrite)
     try:  # before any stage output is read
         sampled = sampling_config(cfg, eta, shaping, guidance, shaping_scale, shaping_decay)
     except KeyError as e:
@@ -78,15 +82,16 @@ def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
         "note": "trained from scratch on synthetic data; not the official Collaborative Diffusion weights",
         "stages": stages,
     }
-    return save_bundle(model.eval(), out, extra=extra, dtype=dtype)
+    return save_bundle(model.eval(), out, extra=extra, dtype=dtype, overwrite=overwrite)
 
 
 def resample(src: str | os.PathLike, out: str | os.PathLike, eta: float = 0.0, shaping: bool = False,
              guidance: dict[str, float] | None = None, shaping_scale: float | None = None,
-             shaping_decay: str = "cosine") -> str:
+             shaping_decay: str = "cosine", overwrite: bool = True) -> str:
     """A trained bundle's networks, bit for bit, under new sampling defaults (eta, shaping, guidance), each set
     anew as `assemble` sets it (a guidance scale not given is 1): the sampling values can be re-tuned without
     the training folder. `out` may be `src`. Returns the new bundle's hash."""
+    check_folder_target(out, FORMAT, overwrite)
     model = load_bundle(src, verify_hashes=True)
     manifest = read_manifest(src)
     try:
@@ -103,7 +108,7 @@ def resample(src: str | os.PathLike, out: str | os.PathLike, eta: float = 0.0, s
     again.load_state_dict(model.state_dict(), strict=True)
     extra = {**_finite(manifest.get("extra") or {}), "sampling_from": bundle_hash(src),
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    return save_bundle(again.eval(), out, extra=extra, dtype=stored_dtype(src))
+    return save_bundle(again.eval(), out, extra=extra, dtype=stored_dtype(src), overwrite=overwrite)
 
 
 def _trained_with_dropout(meta: dict | None) -> bool:

@@ -13,19 +13,25 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..engine.schedule import alphas_cumprod, linear_betas
-from ..errors import CdxError, InputError
+from ..errors import InputError
+from ..integrity import file_sha256, verified_sha256
+from ..io import atomic_folder
+from ..models.bundle import is_sha256
 from ..models.collab import CollaborativeModel
 
 STATE_FORMAT = "cdx-edit-state"
+MAX_PIXELS = 40 * 10**6  # an --image larger than this is refused before it is decoded
 
 
 @dataclass
@@ -49,10 +55,17 @@ def load_image(path: str | os.PathLike, size: tuple[int, int]) -> torch.Tensor:
     if not p.is_file():
         raise InputError(f"--image {p}: file not found")
     try:
-        with Image.open(p) as im:
-            im.load()
-            rgb = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                if im.size[0] * im.size[1] > MAX_PIXELS:  # decided from the header, before decoding
+                    raise InputError(f"--image {p}: {im.size[0]}x{im.size[1]} is too large (at most "
+                                     f"{MAX_PIXELS // 10**6} megapixels)")
+                im.load()
+                rgb = im.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"--image {p}: too many pixels to decode safely ({e.__class__.__name__})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise InputError(f"--image {p}: not a decodable RGB image ({e.__class__.__name__})") from None
     w, h = rgb.size
     if min(w, h) < 32:
@@ -154,40 +167,83 @@ def run_edit(model: CollaborativeModel, image: torch.Tensor, targets: dict[str, 
     return EditState(names, {n: targets[n].detach() for n in names}, optimised, unets, meta)
 
 
-def save_state(state: EditState, folder: str | os.PathLike, extra: dict) -> None:
-    """Write the edit state into `folder` (created atomically)."""
-    import shutil
-    import tempfile
-
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+def save_state(state: EditState, folder: str | os.PathLike, extra: dict, overwrite: bool = False) -> None:
+    """Write the edit state into `folder`, atomically (cdx.io.atomic_folder: an existing `folder` is replaced
+    only when it is a cdx edit state and `overwrite` is set), with every file's sha256 in edit.json."""
+    with atomic_folder(folder, STATE_FORMAT, overwrite=overwrite, what="--save-state") as tmp:
         emb = {f"target.{n}": state.targets[n].contiguous() for n in state.names}
         emb.update({f"optimised.{n}": state.optimised[n].contiguous() for n in state.names})
         save_file(emb, str(tmp / "embeddings.safetensors"))
         for n, sd in state.unets.items():
             save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / f"{n}_unet.safetensors"))
-        (tmp / "edit.json").write_text(json.dumps({**state.meta, **extra}, indent=1))
-        os.chmod(tmp, 0o755)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        files = {f.name: file_sha256(f) for f in sorted(tmp.glob("*.safetensors"))}
+        (tmp / "edit.json").write_text(json.dumps({**state.meta, **extra, "files": files}, indent=1))
 
 
-def load_state(folder: str | os.PathLike) -> EditState:
+def load_state(folder: str | os.PathLike, model: CollaborativeModel | None = None) -> EditState:
+    """A saved edit state, checked: its schema, every file's sha256, the tensor names, and, given the
+    `model` it is for, every shape; all values finite. Anything else is one line naming the folder."""
     folder = Path(folder)
+    rebuild = "re-create it with `cdx edit ... --save-state DIR`"
+
+    def bad(why):
+        return InputError(f"--load-state {folder}: {why}; {rebuild}")
+
+    mpath = folder / "edit.json"
+    if not folder.is_dir() or not mpath.is_file():
+        raise bad("not a cdx edit state (no edit.json)")
     try:
-        meta = json.loads((folder / "edit.json").read_text())
-        assert meta.get("format") == STATE_FORMAT
+        meta = json.loads(mpath.read_bytes())
+    except (ValueError, RecursionError, OSError) as e:
+        raise bad(f"unreadable edit.json ({type(e).__name__})") from None
+    names = meta.get("names") if isinstance(meta, dict) else None
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+        raise bad("edit.json is not a cdx edit state manifest")
+    if (not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names)
+            or len(set(names)) != len(names)):
+        raise bad("edit.json: malformed names")
+    want = ["embeddings.safetensors", *(f"{n}_unet.safetensors" for n in names)]
+    if not isinstance(files, dict) or sorted(files) != sorted(want) or not all(is_sha256(v) for v in files.values()):
+        raise bad("edit.json: malformed files")
+    got = verified_sha256(folder, want)
+    broken = [f for f in want if got[f] != files[f]]
+    if broken:
+        raise bad(f"{broken[0]} is missing, truncated or modified")
+    try:
         emb = load_file(str(folder / "embeddings.safetensors"))
-        names = list(meta["names"])
         unets = {n: load_file(str(folder / f"{n}_unet.safetensors")) for n in names}
-    except (OSError, ValueError, KeyError, AssertionError, json.JSONDecodeError) as e:
-        raise CdxError(f"{folder}: not a readable cdx edit state ({e.__class__.__name__}); "
-                       "re-create it with `cdx edit ... --save-state DIR`") from None
-    return EditState(names, {n: emb[f"target.{n}"] for n in names}, {n: emb[f"optimised.{n}"] for n in names},
-                     unets, meta)
+    except (SafetensorError, OSError) as e:
+        raise bad(f"unreadable safetensors ({type(e).__name__})") from None
+    if set(emb) != {f"{kind}.{n}" for n in names for kind in ("target", "optimised")}:
+        raise bad("embeddings.safetensors holds other tensors than its names say")
+    targets = {n: emb[f"target.{n}"] for n in names}
+    optimised = {n: emb[f"optimised.{n}"] for n in names}
+    _check_tensors(targets, optimised, unets, model, bad)
+    return EditState(names, targets, optimised, unets, meta)
+
+
+def _check_tensors(targets, optimised, unets, model, bad) -> None:
+    from ..models.modalities import kind_of
+
+    for n in targets:
+        t, o = targets[n], optimised[n]
+        if not (t.is_floating_point() and o.is_floating_point() and t.shape == o.shape and t.dim() == 3
+                and t.shape[0] == 1):
+            raise bad(f"the {n} embeddings have shapes {tuple(t.shape)} and {tuple(o.shape)}, not (1, L, D)")
+        tensors = {"target": t, "optimised": o, **{f"unet {k}": v for k, v in unets[n].items()}}
+        nonfinite = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()),
+                         None)
+        if nonfinite:
+            raise bad(f"the {n} {nonfinite} holds NaN or infinite values")
+        if model is None:
+            continue
+        try:
+            m = model.cfg.modality(n)
+        except KeyError:
+            raise bad(f"made for a modality {n!r} this model does not have") from None
+        if tuple(t.shape) != (1, kind_of(m.kind).context_len(m), m.context_dim):
+            raise bad(f"the {n} embeddings have shape {tuple(t.shape)}, not this model's")
+        ref = model.unets[n].state_dict()
+        if set(ref) != set(unets[n]) or any(ref[k].shape != v.shape for k, v in unets[n].items()):
+            raise bad(f"the fine-tuned {n} UNet does not match this model's (other keys or shapes)")
