@@ -27,9 +27,11 @@ from cdx.train import loop
 from cdx.train.assemble import assemble, resample
 from cdx.train.autoencoder import VaeConfig, encode_means, load_latents, scale_factor_of, train_vae, vae_loss
 from cdx.train.collaborator import CollabConfig, eps_loss, schedule, train_collaborator, zero_init
-from cdx.train.data import DataConfig, FaceSet, build_arrays, load_faces
+from cdx.train.data import ShardSet
 from cdx.train.diffusers import collaborative_eps, diffusers_loss, train_diffusers
 from cdx.train.loop import TrainConfig
+from cdx.train.prepare import prepare
+from cdx.train.sources import synthetic
 
 CAPTION = "This man has beard of medium length. He is in his thirties."
 
@@ -60,9 +62,15 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def prepared(folder, n: int = 8, seed: int = 3, size: int = 32, cfg=None, workers: int = 1) -> ShardSet:
+    """`n` synthetic faces prepared (images, mask and text conditions) under `folder`."""
+    cfg = cfg or micro_config()
+    return prepare(synthetic(n, seed, size), cfg.modalities, size, folder, workers=workers)
+
+
 @pytest.fixture(scope="module")
-def faces() -> FaceSet:
-    return FaceSet(build_arrays(8, seed=3, image_size=32), fingerprint="test")
+def faces(tmp_path_factory) -> ShardSet:
+    return prepared(tmp_path_factory.mktemp("faces"))
 
 
 def quick(**kw) -> TrainConfig:
@@ -71,8 +79,13 @@ def quick(**kw) -> TrainConfig:
 
 
 def fixed(fn, seed=0):
-    """A loss function that ignores the loop's generator: the same batch, t and noise at every step."""
-    return lambda _gen: fn(torch.Generator().manual_seed(seed))
+    """A loss function that ignores the loop's batch and draws: the same batch, t and noise at every step."""
+    return lambda _batch, _draws: fn(torch.Generator().manual_seed(seed))
+
+
+def cond(faces: ShardSet, name: str, idx) -> torch.Tensor:
+    """The encoder input of modality `name` for the samples `idx`."""
+    return faces.inputs(faces.batch(idx))[name]
 
 
 def assert_learns(losses: list[float], factor: float = 0.7) -> None:
@@ -85,47 +98,62 @@ def assert_learns(losses: list[float], factor: float = 0.7) -> None:
 
 
 def test_train_data_uses_the_inference_preprocessing(tmp_path):
-    from cdx.engine.pipeline import mask_onehot, tokenize
+    from cdx.models.modalities import kind_of
     from cdx.train.synth import generate_batch
 
-    cfg = DataConfig(size=5, seed=11, image_size=32, cache=str(tmp_path))
-    data = load_faces(cfg)
-    cached = load_faces(cfg)  # read back from the .npz
-    assert len(list(tmp_path.glob("*.npz"))) == 1
-    for a, b in ((data.images, cached.images), (data.tokens, cached.tokens)):
-        assert torch.equal(a, b)
+    cfg = micro_config()
+
+    def inference(name, value):  # what a request makes of a user's value (cdx.engine.request)
+        m = cfg.modality(name)
+        return kind_of(m.kind).batch([value], m, name)
+
+    data = prepared(tmp_path, n=5, seed=11)
+    again = prepared(tmp_path, n=5, seed=11)  # read back from the prepared folder
+    assert len(list(tmp_path.iterdir())) == 1 and again.folder == data.folder
     images, labels, captions, _, _ = generate_batch(11, 5, size=32)
     for i in (0, 4):
-        item = data[i]
-        assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+        item = data.inputs(data.batch([i]))
+        assert item["image"].shape == (1, 3, 32, 32) and item["image"].dtype == torch.float32
         assert item["image"].min() >= -1 and item["image"].max() <= 1
-        assert np.array_equal(((item["image"].permute(1, 2, 0) + 1) * 127.5).round().numpy().astype(np.uint8),
+        assert np.array_equal(((item["image"][0].permute(1, 2, 0) + 1) * 127.5).round().numpy().astype(np.uint8),
                               images[i])
-        assert torch.equal(item["tokens"], tokenize(captions[i], 1)[0])
+        assert torch.equal(item["text"], inference("text", captions[i]))
         png = tmp_path / f"m{i}.png"
         save_label_map(png, labels[i])
-        assert item["mask"].shape == (19, 1024)
-        assert torch.equal(item["mask"], mask_onehot(str(png), 1)[0])
+        assert item["mask"].shape == (1, 19, 1024) and item["mask"].dtype == torch.int64
+        assert torch.equal(item["mask"], inference("mask", str(png)))
 
 
-def test_train_data_is_the_same_from_several_processes():
-    from cdx.train.data import build_arrays
+def test_train_data_is_the_same_from_several_processes(tmp_path, monkeypatch):
+    from cdx.train import prepare as prep
 
-    one = build_arrays(1000, 5, 32, workers=1)
-    two = build_arrays(1000, 5, 32, workers=2)
-    for key in ("images", "tokens", "mask_ids"):
-        assert np.array_equal(one[key], two[key]), key
-    assert len(np.unique(one["images"].reshape(1000, -1)[:, ::97], axis=0)) > 900  # not one face repeated
+    monkeypatch.setattr(prep, "SHARD", 250)  # 4 shards
+    one = prepared(tmp_path / "one", n=1000, seed=5)
+    two = prepared(tmp_path / "two", n=1000, seed=5, workers=2)
+    assert len(one.manifest["shards"]) == 4 and len(one) == len(two) == 1000
+    idx = [0, 249, 250, 501, 999]
+    a, b = one.batch(idx), two.batch(idx)
+    for key in ("image", "mask", "text", "index"):
+        assert torch.equal(a[key], b[key]), key
+    images = one.batch(range(0, 1000, 7))["image"].reshape(-1, 32 * 32 * 3)[:, ::97]
+    assert len(np.unique(images.numpy(), axis=0)) > 130  # not one face repeated
 
 
-def test_train_device_one_hot_matches_the_inference_one_hot():
+def test_train_stored_one_hot_expands_to_the_inference_one_hot():
     from cdx.models.masks import one_hot
-    from cdx.train.data import one_hot_torch
+    from cdx.models.modalities import kind_of
+    from cdx.train.data import compact, expand
 
+    m = micro_config().modality("mask")
+    ins = kind_of(m.kind).encoder_input(m)
     ids = np.random.default_rng(3).integers(0, 19, size=(4, 1024)).astype(np.uint8)
-    got = one_hot_torch(torch.from_numpy(ids))
+    stored = torch.from_numpy(np.stack([compact(one_hot(row)[0], ins) for row in ids]))
+    assert stored.dtype == torch.uint8 and stored.shape == (4, 1024)
+    got = expand(stored, ins)
     assert got.dtype == torch.int64 and got.shape == (4, 19, 1024)
     assert np.array_equal(got.numpy(), one_hot(ids))
+    with pytest.raises(ValueError, match="not a one-hot"):
+        compact(np.zeros((19, 1024), np.int64), ins)
 
 
 # ---------------------------------------------------------------------------------------------- stages learn
@@ -135,12 +163,12 @@ def test_train_vae_loss_falls_on_a_fixed_batch(faces):
     cfg = micro_config()
     torch.manual_seed(0)
     vae = Autoencoder(cfg.autoencoder)
-    x = faces.image_batch(torch.arange(4))
+    x = cond(faces, "image", range(4))
 
     def loss(g):
         return vae_loss(vae, x, torch.randn((4, 3, 8, 8), generator=g), 1e-6, 0.5)[0]
 
-    _, res = loop.train("vae", vae, fixed(loss), quick(steps=30, lr=2e-3), torch.Generator())
+    _, res = loop.train("vae", vae, fixed(loss), quick(steps=30, lr=2e-3), faces)
     assert_learns(res.losses)
 
 
@@ -153,13 +181,13 @@ def test_train_collaborator_loss_falls_on_a_fixed_batch(faces, name):
     acp = schedule(cfg)
     idx = torch.arange(4)
     z0 = torch.randn((4, 3, 8, 8), generator=torch.Generator().manual_seed(1))
-    cond = faces.condition_batch(m.kind, idx)
+    c = cond(faces, name, idx)
 
     def loss(g):
         t = torch.randint(1000, (4,), generator=g)
-        return eps_loss(net["unet"], net["encoder"], z0, cond, t, torch.randn(z0.shape, generator=g), acp)
+        return eps_loss(net["unet"], net["encoder"], z0, c, t, torch.randn(z0.shape, generator=g), acp)
 
-    _, res = loop.train(name, net, fixed(loss), quick(steps=25, lr=2e-3), torch.Generator())
+    _, res = loop.train(name, net, fixed(loss), quick(steps=25, lr=2e-3), faces)
     assert abs(res.losses[0] - 1.0) < 0.3  # zero-initialised output: the loss starts at E[eps^2]
     assert_learns(res.losses, 0.8)
 
@@ -190,7 +218,7 @@ def test_train_diffusers_loss_falls_and_collaborators_stay_frozen(faces):
     diffs = nn.ModuleDict({m.name: zero_init(UNet(m.diffuser)) for m in cfg.modalities})
     acp = schedule(cfg)
     idx = torch.arange(4)
-    conds = [faces.condition_batch(m.kind, idx) for m in cfg.modalities]
+    conds = [cond(faces, m.name, idx) for m in cfg.modalities]
     z0 = torch.randn((4, 3, 8, 8), generator=torch.Generator().manual_seed(2))
 
     # zero-initialised diffusers: equal weights, eps_hat is the mean of the collaborators' predictions
@@ -205,7 +233,7 @@ def test_train_diffusers_loss_falls_and_collaborators_stay_frozen(faces):
         t = torch.randint(1000, (4,), generator=g)
         return diffusers_loss(collabs, list(diffs.values()), z0, conds, t, torch.randn(z0.shape, generator=g), acp)
 
-    _, res = loop.train("diffusers", diffs, fixed(loss), quick(steps=30, lr=3e-3), torch.Generator())
+    _, res = loop.train("diffusers", diffs, fixed(loss), quick(steps=30, lr=3e-3), faces)
     assert all(math.isfinite(v) for v in res.losses)
     assert min(res.losses[-5:]) < res.losses[0]  # bounded below by the best per-pixel choice of collaborator
     for c, b in zip(collabs, before):
@@ -221,7 +249,7 @@ def test_train_diffusers_snr_weighting_weights_the_mixed_error_per_item(faces):
     diffs = [randomize(UNet(m.diffuser), seed=5 + i) for i, m in enumerate(cfg.modalities)]
     acp = schedule(cfg)
     idx = torch.arange(4)
-    conds = [faces.condition_batch(m.kind, idx) for m in cfg.modalities]
+    conds = [cond(faces, m.name, idx) for m in cfg.modalities]
     g = torch.Generator().manual_seed(4)
     z0, noise = torch.randn((4, 3, 8, 8), generator=g), torch.randn((4, 3, 8, 8), generator=g)
     t = torch.tensor([3, 250, 700, 990])
@@ -259,34 +287,32 @@ def test_train_noise_schedule_is_the_samplers():
     cfg = micro_config()
     acp = schedule(cfg)
     assert acp.dtype == torch.float32 and acp.shape == (cfg.timesteps,)
-    table = ddim_table(np.asarray(alphas_cumprod_of(cfg)), 50)
+    table = ddim_table(np.asarray(cfg.alphas_cumprod()), 50)
     np.testing.assert_array_equal(np.sqrt(acp.numpy()[table.timesteps]), table.coeffs[:, 1])
-
-
-def alphas_cumprod_of(cfg):
-    from cdx.engine.schedule import alphas_cumprod, linear_betas
-
-    return alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end))
 
 
 # ---------------------------------------------------------------------------------------------- the loop
 
 
-def _mask_collaborator_run(faces, tc: TrainConfig, ckpt, resume=False, meta=None, resume_same=None):
+def _mask_collaborator_run(faces, tc: TrainConfig, ckpt, resume=False, meta=None, resume_same=None,
+                           checkpointed=False):
+    from cdx.train.collaborator import checkpoint_blocks
+
     cfg = micro_config()
     m = cfg.modality("mask")
-    gen = loop.seed_everything(tc.seed)
+    loop.seed_everything(tc.seed)
     net = nn.ModuleDict({"unet": UNet(m.unet), "encoder": encoder_for(m)})
+    if checkpointed:
+        checkpoint_blocks(net["unet"])
     acp = schedule(cfg)
     z_all = torch.randn((len(faces), 3, 8, 8), generator=torch.Generator().manual_seed(5))
 
-    def loss(g):
-        idx = faces.random_indices(g, tc.batch)
-        t = torch.randint(1000, (tc.batch,), generator=g)
-        return eps_loss(net["unet"], net["encoder"], z_all[idx], faces.mask_batch(idx), t,
-                        torch.randn((tc.batch, 3, 8, 8), generator=g), acp)
+    def loss(batch, draws):
+        t = draws.randint(1000)
+        return eps_loss(net["unet"], net["encoder"], z_all[batch["index"]], faces.inputs(batch)["mask"], t,
+                        draws.randn(3, 8, 8), acp)
 
-    ema, res = loop.train("resume-test", net, loss, tc, gen, ckpt, resume, meta or {"stage": "test"},
+    ema, res = loop.train("resume-test", net, loss, tc, faces, ckpt, resume, meta or {"stage": "test"},
                           resume_same=resume_same)
     return net, ema, res
 
@@ -310,9 +336,27 @@ def test_train_checkpoint_resume_continues_with_identical_state(faces, tmp_path)
     ta, da = _state(straight)
     tb, db = _state(split)
     assert da["step"] == db["step"] == 6 and set(ta) == set(tb)
-    assert all(torch.equal(ta[k], tb[k]) for k in ta)  # model, EMA, AdamW moments, RNG states
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)  # model, EMA, AdamW moments
     # the EMA (what a stage saves) is not the raw weights
     assert any(not torch.equal(v, ema_a.state_dict()[k]) for k, v in net_a.state_dict().items())
+
+
+def test_train_accumulation_and_checkpointing_give_the_same_steps(faces, tmp_path):
+    """A global batch of 4 as one micro-batch or as 2 x 2 accumulated: the same samples and noise, gradients
+    summed in another order, so the same losses within float rounding; with the UNet's activations recomputed
+    (gradient checkpointing), the same arithmetic: identical weights."""
+    base = quick(steps=4, batch=4, grad_clip=0.0)
+    net_a, _, res_a = _mask_collaborator_run(faces, base, None)
+    _, _, res_b = _mask_collaborator_run(faces, dataclasses.replace(base, accum=2), None)
+    net_c, _, res_c = _mask_collaborator_run(faces, base, None, checkpointed=True)
+    assert len(res_a.losses) == 4 and len(set(res_a.losses)) == 4
+    np.testing.assert_allclose(res_b.losses, res_a.losses, rtol=1e-5)
+    assert res_c.losses == res_a.losses
+    assert all(torch.equal(net_c.state_dict()[k], v) for k, v in net_a.state_dict().items())
+    with pytest.raises(InputError, match="must be a multiple of processes x --accum"):
+        _mask_collaborator_run(faces, dataclasses.replace(base, accum=3), None)
+    with pytest.raises(InputError, match="larger than the data set"):
+        _mask_collaborator_run(faces, dataclasses.replace(base, batch=16), None)
 
 
 def test_train_checkpoint_of_another_stage_is_refused(faces, tmp_path):
@@ -365,8 +409,10 @@ def test_train_stages_assemble_and_run(faces, tmp_path):
     tc = quick(steps=3, batch=4)
     vmeta = train_vae(cfg, faces, tc, VaeConfig(scale_images=8), work)
     assert vmeta["scale_factor"] > 0 and math.isfinite(vmeta["scale_factor"])
-    z, _ = load_latents(cfg, faces, work)
-    assert z.shape == (8, 3, 8, 8)
+    folder, scale, _ = load_latents(cfg, faces, work)
+    view = ShardSet(faces.folder, latents=folder, images=False)
+    assert scale == vmeta["scale_factor"] and len(view) == 8 and view[7]["latent"].shape == (3, 8, 8)
+    assert vmeta["data"]["count"] == 8 and len(vmeta["first_losses"]) == 3
     for name in ("mask", "text"):
         train_collaborator(cfg, name, faces, tc, CollabConfig(cond_drop=0.5), work)
     train_diffusers(cfg, faces, tc, work)
@@ -560,3 +606,36 @@ def test_train_collaborator_manifest_ignores_sampling_settings(faces, tmp_path):
         cfg.modalities[1], context_dim=48)))
     with pytest.raises(StaleArtifactError, match="different modality config"):
         load_collaborator(wider, "text", work)
+
+
+def test_train_cli_refuses_hostile_options_before_any_work(tmp_path):
+    """Issue 21: a budget that would write an untrained network, unbounded or non-finite rates, a --work that is
+    a file or somebody else's folder: one line, exit 2, nothing written and nothing the user had changed."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "photo.png").write_bytes(b"not ours")
+    work = tmp_path / "w"
+    base = ["train", "vae", "--preset", "tiny", "--data-size", "2", "--batch", "2"]
+    for extra, message in [
+        (["--max-minutes", "-1"], "--max-minutes must be > 0"),
+        (["--max-minutes", "nan"], "--max-minutes must be > 0"),
+        (["--lr", "nan"], "--lr must be in (0, 1]"),
+        (["--lr", "5"], "--lr must be in (0, 1]"),
+        (["--lr", "-1e-4"], "--lr must be in (0, 1]"),
+        (["--ema-decay", "inf"], "--ema-decay must be in [0, 1)"),
+        (["--seed", "-1"], "--seed must be in [0, 2**63)"),
+        (["--kl-weight", "nan"], "--kl-weight must be in [0, 1]"),
+        (["--accum", "0"], "--accum must be >= 1"),
+    ]:
+        r = CliRunner().invoke(main, [*base, "--work", str(work), *extra])
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, (extra, r.output)
+        assert not work.exists(), extra
+    for target, message in ((afile, "exists and is not a folder"), (theirs, "is not a cdx training work folder")):
+        r = CliRunner().invoke(main, [*base, "--work", str(target)])
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    assert afile.read_text() == "mine" and sorted(p.name for p in theirs.iterdir()) == ["photo.png"]
+    r = CliRunner().invoke(main, ["train", "collaborator", "--modality", "text", "--work", str(work),
+                                  "--snr-weight-power", "inf"])
+    assert r.exit_code == 2 and "--snr-weight-power must be >= 0 and <= 4" in r.output

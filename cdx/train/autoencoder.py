@@ -3,11 +3,13 @@
 Loss: L1 reconstruction of a posterior sample's decoding, an optional L1 on image gradients
 (sharper edges), and LDM's KL term with its small weight. No discriminator, no LPIPS. Afterwards
 scale_factor = 1 / std of the posterior means over a few thousand images, as LDM does, so that the
-diffusion stages see latents of unit variance. Zero steps from a bundle (`--init-from B --steps 0`) keep
+diffusion stages see latents of unit variance; the latents of the whole set are then encoded once
+(cdx.train.prepare). Zero steps from a bundle (`--init-from B --steps 0`) keep
 B's scale factor, as its collaborators were trained with it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -18,9 +20,11 @@ import torch
 from ..models.autoencoder import Autoencoder
 from ..models.bundle import file_sha256, read_manifest
 from ..models.config import ModelConfig
-from .data import FaceSet
+from . import dist
+from .data import ShardSet
 from .init import init_from_bundle
 from .loop import TrainConfig, check_same, load_stage, pick_device, save_stage, seed_everything, train
+from .prepare import latents, posterior_means
 
 REBUILD = "cdx train vae"
 
@@ -62,25 +66,22 @@ def vae_loss(vae: Autoencoder, x: torch.Tensor, noise: torch.Tensor, kl_weight: 
     return loss, parts
 
 
-def random_crop(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
-    """One random size x size window (the same for the whole batch) of (B, C, H, W)."""
+def random_crop(x: torch.Tensor, size: int, draws) -> torch.Tensor:
+    """One random size x size window (the same for the whole global batch) of (B, C, H, W)."""
     if size <= 0 or size >= x.shape[-1]:
         return x
-    oy, ox = torch.randint(x.shape[-2] - size + 1, (2,), generator=gen).tolist()
+    oy, ox = draws.shared_randint(x.shape[-2] - size + 1, 2).tolist()
     return x[:, :, oy:oy + size, ox:ox + size]
 
 
 @torch.no_grad()
-def encode_means(vae: Autoencoder, data: FaceSet, n: int | None = None, batch: int = 128) -> torch.Tensor:
+def encode_means(vae: Autoencoder, data: ShardSet, n: int | None = None, batch: int = 128) -> torch.Tensor:
     """Posterior means of the first `n` images (all by default): (n, embed_dim, h, w) float32 on the CPU."""
     device = next(vae.parameters()).device
     vae.eval()
     n = len(data) if n is None else min(n, len(data))
-    means = []
-    for lo in range(0, n, batch):
-        idx = torch.arange(lo, min(n, lo + batch))
-        means.append(posterior(vae, data.image_batch(idx).to(device))[0].float().cpu())
-    return torch.cat(means)
+    return torch.cat([posterior_means(vae, data.inputs(data.batch(range(lo, min(n, lo + batch))), device)["image"])
+                      for lo in range(0, n, batch)])
 
 
 def scale_factor_of(means: torch.Tensor) -> float:
@@ -88,65 +89,60 @@ def scale_factor_of(means: torch.Tensor) -> float:
     return float(1.0 / means.std())
 
 
-def latents_manifest(work: Path, data: FaceSet, scale_factor: float) -> dict:
-    return {"stage": "latents", "vae_sha256": file_sha256(work / "vae.safetensors"), "data": data.fingerprint,
-            "scale_factor": scale_factor}
-
-
-def load_latents(cfg: ModelConfig, data: FaceSet, work: str | os.PathLike, device="cpu") -> tuple[torch.Tensor, dict]:
-    """scale_factor * posterior mean of every image, (n, C, h, w): read from `work/latents.safetensors`,
-    or recomputed when the autoencoder or the data changed since."""
+def load_latents(cfg: ModelConfig, data: ShardSet, work: str | os.PathLike,
+                 device="cpu") -> tuple[Path, float, dict]:
+    """The folder of `data`'s latents under `work`'s autoencoder (encoded when missing, by every process),
+    the scale factor (z0 = scale * the stored posterior mean) and the autoencoder's manifest."""
     work = Path(work)
     vae, vmeta = load_vae(cfg, work, device)
-    want = latents_manifest(work, data, vmeta["scale_factor"])
-    path = work / "latents.safetensors"
-    if path.is_file():
-        state, meta = load_stage(path, "latents", REBUILD)
-        if meta == want:
-            return state["latents"], want
-    print(f"encoding {len(data)} images to latents (scale_factor {vmeta['scale_factor']:.4f})", flush=True)
-    z = encode_means(vae, data) * vmeta["scale_factor"]  # what VaeEncoder computes
-    save_stage(path, {"latents": z}, want)
-    return z, want
+    folder = latents(data, vae, file_sha256(work / "vae.safetensors"), work)
+    return folder, float(vmeta["scale_factor"]), {**vmeta, "vae_sha256": file_sha256(work / "vae.safetensors")}
 
 
-def train_vae(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, vc: VaeConfig, work: str | os.PathLike,
+def vae_from_bundle(cfg: ModelConfig, data: ShardSet, tc: TrainConfig, work: Path) -> None:
+    """With --init-from and no autoencoder in `work` yet: the bundle's, as a zero-step vae stage would copy it."""
+    if tc.init_from and not (Path(work) / "vae.safetensors").is_file():
+        dist.log(f"{work}: no vae.safetensors; using the autoencoder of {tc.init_from} (zero steps)")
+        train_vae(cfg, data, dataclasses.replace(tc, steps=0), VaeConfig(), work)
+
+
+def train_vae(cfg: ModelConfig, data: ShardSet, tc: TrainConfig, vc: VaeConfig, work: str | os.PathLike,
               resume: bool = False) -> dict:
-    """Train the autoencoder, measure its scale factor, write `work/vae.safetensors`; returns its manifest."""
+    """Train the autoencoder, measure its scale factor, write `work/vae.safetensors` and encode the latents;
+    returns its manifest."""
     work = Path(work)
     device = pick_device(tc.device)
-    gen = seed_everything(tc.seed)
+    seed_everything(tc.seed)
     vae = Autoencoder(cfg.autoencoder).to(device)
     init = init_from_bundle(vae, tc.init_from, "vae") if tc.init_from else None
+    images = ShardSet(data.folder, images=True, seed=tc.seed)
+    e, f = cfg.autoencoder.embed_dim, cfg.autoencoder.downsample_factor
 
-    def loss_fn(g: torch.Generator) -> torch.Tensor:
-        x = random_crop(data.image_batch(data.random_indices(g, tc.batch)), vc.crop, g)
-        e = cfg.autoencoder.embed_dim
-        f = cfg.autoencoder.downsample_factor
-        noise = torch.randn((x.shape[0], e, x.shape[-2] // f, x.shape[-1] // f), generator=g)
-        return vae_loss(vae, x.to(device), noise.to(device), vc.kl_weight, vc.edge_weight)[0]
+    def loss_fn(batch, draws) -> torch.Tensor:
+        x = random_crop(images.inputs(batch, device)["image"], vc.crop, draws)
+        noise = draws.randn(e, x.shape[-2] // f, x.shape[-1] // f)
+        return vae_loss(vae, x, noise.to(device), vc.kl_weight, vc.edge_weight)[0]
 
-    meta = {"stage": "vae", "autoencoder": jsonable(asdict(cfg.autoencoder)), "data": data.fingerprint}
+    meta = {"stage": "vae", "autoencoder": jsonable(asdict(cfg.autoencoder)), "data": data.record}
     meta.update(init or {})
-    ema, res = train("vae", vae, loss_fn, tc, gen, work / "vae.ckpt.safetensors", resume, meta)
-    means = encode_means(ema, data)  # the whole set, once: the scale factor and the next stages' latents
+    ema, res = train("vae", vae, loss_fn, tc, images, work / "vae.ckpt.safetensors", resume, meta)
     if init and res.step == 0:
         # the bundle's autoencoder unchanged: keep the scale its collaborators were trained at (re-measured
         # on other faces it would differ in the third digit, and every latent with it)
         scale = float(read_manifest(tc.init_from)["config"]["scale_factor"])
         meta["scale_factor_from"] = "init_from"
     else:
-        scale = scale_factor_of(means[:vc.scale_images])
+        scale = scale_factor_of(encode_means(ema, images, vc.scale_images))
     with torch.no_grad():
-        x = data.image_batch(torch.arange(min(256, len(data)))).to(device)
-        rec_l1 = float((ema.decode(means[:x.shape[0]].to(device)).float() - x).abs().mean())
-    manifest = {**meta, "scale_factor": scale, "steps": res.step, "loss": res.mean_loss(),
+        x = images.inputs(images.batch(range(min(256, len(images)))), device)["image"]
+        rec_l1 = float((ema.decode(posterior_means(ema, x).to(device)).float() - x).abs().mean())
+    manifest = {**meta, "scale_factor": scale, "steps": res.step, "loss": res.mean_loss(), "first_losses": res.losses[:20],
                 "recon_l1_mean": rec_l1, "samples_per_s": res.steps_per_s * tc.batch,
                 "train": jsonable(asdict(tc)), "vae": jsonable(asdict(vc))}
     save_stage(work / "vae.safetensors", ema.state_dict(), manifest)
-    save_stage(work / "latents.safetensors", {"latents": means * scale}, latents_manifest(work, data, scale))
-    print(f"vae: {res.step} steps, loss {res.loss_text()}, recon L1 {rec_l1:.4f}, "
-          f"scale_factor {scale:.4f} -> {work / 'vae.safetensors'}", flush=True)
+    latents(data, ema, file_sha256(work / "vae.safetensors"), work)
+    dist.log(f"vae: {res.step} steps, loss {res.loss_text()}, recon L1 {rec_l1:.4f}, "
+             f"scale_factor {scale:.4f} -> {work / 'vae.safetensors'}")
     return manifest
 
 

@@ -7,6 +7,7 @@ and z0 = scale_factor * the posterior mean of the frozen autoencoder (computed o
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,15 +16,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from ..engine.schedule import alphas_cumprod, linear_betas
+from ..errors import InputError
 from ..models.bundle import file_sha256
 from ..models.collab import encoder_for
 from ..models.config import ModelConfig
 from ..models.guidance import null_condition as guidance_null
+from ..models.modalities import kind_of
 from ..models.unet import ResBlock, SpatialTransformer, UNet
-from .autoencoder import jsonable, load_latents
-from .data import FaceSet
+from . import dist
+from .autoencoder import jsonable, load_latents, vae_from_bundle
+from .data import ShardSet
 from .init import init_from_bundle
 from .loop import TrainConfig, check_same, load_stage, pick_device, save_stage, seed_everything, train
 
@@ -53,8 +57,7 @@ def modality_record(m) -> dict:
 
 def schedule(cfg: ModelConfig, device="cpu") -> torch.Tensor:
     """abar_t, (T,) rounded to float32 as the official model's training buffer."""
-    acp = alphas_cumprod(linear_betas(cfg.timesteps, cfg.linear_start, cfg.linear_end))
-    return torch.from_numpy(np.asarray(acp, dtype=np.float32)).to(device)
+    return torch.from_numpy(np.asarray(cfg.alphas_cumprod(), dtype=np.float32)).to(device)
 
 
 def q_sample(z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, acp: torch.Tensor) -> torch.Tensor:
@@ -81,10 +84,23 @@ def snr_weighted_mse(eps_hat: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
     return (w * (eps_hat - noise).pow(2).mean(dim=(1, 2, 3))).mean()
 
 
-def draw_t_noise(gen: torch.Generator, batch: int, shape, timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """t ~ U{0..T-1} (B,) and eps ~ N(0, I) (B, *shape), from the stage's generator."""
-    t = torch.randint(timesteps, (batch,), generator=gen)
-    return t, torch.randn((batch, *shape), generator=gen)
+def draw_t_noise(draws, shape, timesteps: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """t ~ U{0..T-1} (B,) and eps ~ N(0, I) (B, *shape), from the step's draws, on `device`."""
+    t = draws.randint(timesteps)
+    return t.to(device), draws.randn(*shape).to(device)
+
+
+def checkpoint_blocks(unet: UNet) -> UNet:
+    """Gradient checkpointing: every block of the UNet recomputes its activations in the backward pass
+    (torch.utils.checkpoint), so that only the blocks' inputs stay in memory: for the 400 M-parameter UNets,
+    memory for about one more forward pass. The weights and the state dict are unchanged."""
+    for block in [*unet.input_blocks, unet.middle_block, *unet.output_blocks]:
+        block.forward = functools.partial(_recomputed, block.forward)
+    return unet
+
+
+def _recomputed(forward, *args):
+    return checkpoint(forward, *args, use_reentrant=False) if torch.is_grad_enabled() else forward(*args)
 
 
 @torch.no_grad()
@@ -102,51 +118,55 @@ def zero_init(unet: UNet) -> UNet:
     return unet
 
 
-def null_condition(kind: str, like: torch.Tensor) -> torch.Tensor:
+def null_condition(m, like: torch.Tensor) -> torch.Tensor:
     """The condition classifier-free guidance drops to (cdx.models.guidance), shaped and placed as `like`."""
-    return guidance_null(kind).to(device=like.device, dtype=like.dtype).expand_as(like).clone()
+    return guidance_null(m).to(device=like.device, dtype=like.dtype).expand_as(like).clone()
 
 
 # ---------------------------------------------------------------------------------------------
 # the stage
 
 
-def train_collaborator(cfg: ModelConfig, name: str, data: FaceSet, tc: TrainConfig, cc: CollabConfig,
+def train_collaborator(cfg: ModelConfig, name: str, data: ShardSet, tc: TrainConfig, cc: CollabConfig,
                        work: str | os.PathLike, resume: bool = False) -> dict:
     """Train modality `name`'s UNet and encoder on Eq. 3; write `work/collab_<name>.safetensors`."""
     work = Path(work)
     m = cfg.modality(name)
+    if m.name not in data.manifest["modalities"]:
+        raise InputError(f"the data has no {kind_of(m.kind).training_field} files: the {name} collaborator cannot "
+                         "be trained from it")
     device = pick_device(tc.device)
-    latents, lmeta = load_latents(cfg, data, work, device)
-    gen = seed_everything(tc.seed)
+    vae_from_bundle(cfg, data, tc, work)
+    folder, scale, vmeta = load_latents(cfg, data, work, device)
+    seed_everything(tc.seed)
     net = nn.ModuleDict({"unet": zero_init(UNet(m.unet)), "encoder": encoder_for(m)}).to(device)
     init = init_from_bundle(net, tc.init_from, f"collaborator:{name}") if tc.init_from else None
+    if tc.grad_checkpoint:
+        checkpoint_blocks(net["unet"])
     acp = schedule(cfg, device)
-    shape = latents.shape[1:]
-    null = None
+    view = ShardSet(data.folder, [m], latents=folder, images=False, seed=tc.seed)
+    shape = view[0]["latent"].shape
 
-    def loss_fn(g: torch.Generator) -> torch.Tensor:
-        nonlocal null
-        idx = data.random_indices(g, tc.batch)
-        cond = data.condition_batch(m.kind, idx, device)
+    def loss_fn(batch, draws) -> torch.Tensor:
+        inputs = view.inputs(batch, device)
+        cond = inputs[m.name]
         if cc.cond_drop > 0:
-            null = null_condition(m.kind, cond) if null is None or null.shape != cond.shape else null
-            drop = (torch.rand(tc.batch, generator=g) < cc.cond_drop).to(device)
-            cond = torch.where(drop.view(-1, *[1] * (cond.dim() - 1)), null, cond)
-        t, noise = draw_t_noise(g, tc.batch, shape, cfg.timesteps)
-        return eps_loss(net["unet"], net["encoder"], latents[idx].to(device), cond, t.to(device),
-                        noise.to(device), acp, cc.snr_weight_power)
+            drop = (draws.rand() < cc.cond_drop).to(device)
+            cond = torch.where(drop.view(-1, *[1] * (cond.dim() - 1)), null_condition(m, cond), cond)
+        t, noise = draw_t_noise(draws, shape, cfg.timesteps, device)
+        return eps_loss(net["unet"], net["encoder"], inputs["latent"] * scale, cond, t, noise, acp,
+                        cc.snr_weight_power)
 
-    meta = {"stage": "collaborator", "modality": modality_record(m), "vae_sha256": lmeta["vae_sha256"],
-            "data": data.fingerprint, "collab": jsonable(asdict(cc))}
+    meta = {"stage": "collaborator", "modality": modality_record(m), "vae_sha256": vmeta["vae_sha256"],
+            "data": data.record, "collab": jsonable(asdict(cc))}
     meta.update(init or {})
-    ema, res = train(f"collaborator:{name}", net, loss_fn, tc, gen, work / f"collab_{name}.ckpt.safetensors",
+    ema, res = train(f"collaborator:{name}", net, loss_fn, tc, view, work / f"collab_{name}.ckpt.safetensors",
                      resume, meta, resume_same={"collab": jsonable(asdict(CollabConfig()))})
-    manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "samples_per_s": res.steps_per_s * tc.batch,
+    manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "first_losses": res.losses[:20], "samples_per_s": res.steps_per_s * tc.batch,
                 "train": jsonable(asdict(tc))}
     out = work / f"collab_{name}.safetensors"
     save_stage(out, ema.state_dict(), manifest)
-    print(f"collaborator {name}: {res.step} steps, loss {res.loss_text()} -> {out}", flush=True)
+    dist.log(f"collaborator {name}: {res.step} steps, loss {res.loss_text()} -> {out}")
     return manifest
 
 

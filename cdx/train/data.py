@@ -1,35 +1,30 @@
-"""The training set: synthetic faces generated once, kept in memory and cached as a .npz.
+"""Training samples as the networks take them, stored compactly in shards and streamed back.
 
-Conditions are stored already preprocessed exactly as inference does it (`cdx.engine.pipeline`):
-BERT token ids of the caption (`Tokenizer().encode`) and the 32x32 NEAREST-resized class ids of the
-label map (`label_map_to_ids`); a batch's mask condition is their one-hot (`one_hot_torch`: the values
-of inference's `masks.one_hot`, tested), made on the device the batch goes to.
+A sample's conditions are made by the modality registry exactly as inference makes them (`kind.parse`:
+caption -> token ids, label map -> 32x32 NEAREST -> one-hot, sketch -> [1, 1024]); a shard stores each
+in the smallest form its `EncoderInput.values` allows (token ids as int32, a one-hot as its class ids,
+floats as float32) and a batch is turned back into the encoder's input on the device it goes to.
+A sample may carry several values of a field (a list of captions): all are stored, and each epoch
+uses one of them, chosen from the sample's index, the epoch and the seed.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import safe_open
 
-from ..errors import StaleArtifactError
-from ..models.masks import NUM_CLASSES, label_map_to_ids
-from ..models.tokenizer import Tokenizer
+from ..errors import InputError, StaleArtifactError
+from ..models.modalities import EncoderInput, kind_of
+from .sources import SampleError, Source, field_value, load_image
 
-CACHE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    size: int = 30000  # number of samples
-    seed: int = 1234
-    image_size: int = 64
-    cache: str | None = None  # folder for the .npz cache (None: no cache)
-    workers: int = 1  # processes generating the set (the result does not depend on it)
+DATA_FORMAT = "cdx-train-data"
+DATA_VERSION = 1
 
 
 def synth_fingerprint() -> str:
@@ -42,109 +37,165 @@ def synth_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def _generate_range(args: tuple[int, int, int, int]):
-    from .synth import generate_batch
-
-    seed, lo, hi, size = args
-    return generate_batch(seed, hi - lo, size=size, start=lo)[:3]
+def trainable(cfg, source: Source) -> list:
+    """The modalities of `cfg` whose training field the source has (the others cannot be trained from it)."""
+    return [m for m in cfg.modalities if kind_of(m.kind).training_field in source.fields]
 
 
-def build_arrays(n: int, seed: int, image_size: int, workers: int = 1) -> dict[str, np.ndarray]:
-    """Generate `n` faces (item i is `SyntheticFaces(n, seed)[i]`): images uint8 (n, H, W, 3),
-    tokens int32 (n, 77), mask_ids uint8 (n, 1024). Every item is seeded by its index alone, so
-    `workers` processes (each generating a contiguous range) give exactly the same arrays as one."""
-    workers = max(1, min(int(workers), n // 500))  # below ~500 items a process costs more than it saves
-    print(f"generating {n} synthetic faces ({image_size}px, seed {seed}, {workers} process(es))", flush=True)
-    bounds = np.linspace(0, n, workers + 1).astype(int)
-    jobs = [(seed, int(lo), int(hi), image_size) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    if workers == 1:
-        parts = [_generate_range(jobs[0])]
-    else:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(workers) as pool:
-            parts = pool.map(_generate_range, jobs)
-    images = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    captions = [c for p in parts for c in p[2]]
-    ids, _ = Tokenizer().encode(list(captions))  # (n, 77) int64, truncated as inference does
-    mask_ids = np.stack([label_map_to_ids(lab) for lab in labels]).astype(np.uint8)  # (n, 1024)
-    return {"images": images, "tokens": ids.astype(np.int32), "mask_ids": mask_ids}
+# ---------------------------------------------------------------------------------------------
+# the compact codec, by the kind of values an encoder input holds
 
 
-def one_hot_torch(ids: torch.Tensor) -> torch.Tensor:
-    """(B, N) class ids -> int64 (B, 19, N) on the ids' device: the values of `masks.one_hot`."""
-    return torch.nn.functional.one_hot(ids.long(), NUM_CLASSES).transpose(1, 2).contiguous()
+def compact(x: np.ndarray, ins: EncoderInput) -> np.ndarray:
+    """One item's encoder input -> its stored form."""
+    if ins.values == "tokens":
+        return np.asarray(x, dtype=np.int32)
+    if ins.values == "onehot":  # (C, N) with exactly one 1 per column -> the (N,) class ids
+        x = np.asarray(x)
+        if not (np.isin(x, (0, 1)).all() and (x.sum(0) == 1).all()):
+            raise ValueError("not a one-hot encoder input")
+        return x.argmax(0).astype(np.uint8 if x.shape[0] <= 256 else np.int16)
+    return np.asarray(x, dtype=np.float32)
 
 
-class FaceSet(torch.utils.data.Dataset):
-    """In-memory faces; item i -> image float (3, H, W) in [-1, 1], tokens int64 (77,), mask int64 (19, 1024)."""
+def expand(stored: torch.Tensor, ins: EncoderInput, device=None) -> torch.Tensor:
+    """A batch of stored forms (B, ...) -> the encoder input (B, *ins.shape) on `device`."""
+    stored = stored.to(device)
+    if ins.values == "tokens":
+        return stored.long()
+    if ins.values == "onehot":
+        # (B, N) ids -> (B, N, C) -> (B, C, N) int64: the values of `masks.one_hot`
+        return torch.nn.functional.one_hot(stored.long(), ins.shape[0]).transpose(1, 2).contiguous()
+    return stored.float()
 
-    def __init__(self, arrays: dict[str, np.ndarray], fingerprint: str = ""):
-        self.images = torch.from_numpy(arrays["images"])  # (n, H, W, 3) uint8
-        self.tokens = torch.from_numpy(arrays["tokens"])  # (n, 77) int32
-        self.mask_ids = torch.from_numpy(arrays["mask_ids"])  # (n, 1024) uint8
-        self.fingerprint = fingerprint
-        self._ids_on = self.mask_ids  # mask_ids on the device last asked for (copied once per device)
+
+def encode_sample(source: Source, i: int, mods, size: int) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
+    """Sample i: the image uint8 (size, size, 3) and, per modality, the stored forms of its values.
+    A sample that cannot be used raises SampleError naming it."""
+    name = source.names[i]
+    raw = source.raw(i)
+    image = load_image(raw["image"], name, size)
+    conds = {}
+    for m in mods:
+        kind = kind_of(m.kind)
+        if kind.training_field not in raw:
+            raise SampleError(name, f"no {kind.training_field}")
+        value = field_value(kind.training_field, raw[kind.training_field], name)
+        values = value if isinstance(value, list) else [value]
+        ins = kind.encoder_input(m)
+        try:
+            conds[m.name] = [compact(kind.parse(v, m, kind.training_field), ins) for v in values]
+        except SampleError:
+            raise
+        except (InputError, ValueError) as e:
+            raise SampleError(name, str(e)) from None
+    return image, conds
+
+
+# ---------------------------------------------------------------------------------------------
+# reading shards
+
+
+def read_manifest(folder: Path, fmt: str) -> dict:
+    path = Path(folder) / "manifest.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise StaleArtifactError(f"{path}: unreadable ({e}); delete {folder} and train again") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt or doc.get("version") != DATA_VERSION:
+        raise StaleArtifactError(f"{path}: not a version-{DATA_VERSION} {fmt} manifest; delete {folder}")
+    return doc
+
+
+def alternative(index: int, epoch: int, seed: int, count: int) -> int:
+    """Which of a sample's `count` values epoch `epoch` uses (a fixed hash: the same in every process)."""
+    if count <= 1:
+        return 0
+    h = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") % count
+
+
+class ShardSet(torch.utils.data.Dataset):
+    """The prepared samples of one data folder, read from its shards on demand (memory-mapped: a set larger
+    than RAM trains). Item i -> {"index", "image" uint8 (H, W, 3) or "latent" float32 (C, h, w), and per
+    modality its stored form}; `inputs` turns a collated batch into the networks' inputs."""
+
+    def __init__(self, folder: str | os.PathLike, mods=(), latents: str | os.PathLike | None = None,
+                 images: bool = True, seed: int = 0):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder, DATA_FORMAT)
+        self.latents = None if latents is None else Path(latents)
+        self.mods = list(mods)
+        for m in self.mods:
+            if m.name not in self.manifest["modalities"]:
+                raise InputError(f"{self.folder}: the data has no {kind_of(m.kind).training_field} for modality "
+                                 f"{m.name!r}")
+        self.images, self.seed, self.epoch = images, seed, 0
+        counts = [s["count"] for s in self.manifest["shards"]]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self._open: dict = {}
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return int(self.starts[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __getstate__(self):
+        return {**self.__dict__, "_open": {}}
+
+    def _file(self, path: Path):
+        key = (os.getpid(), str(path))
+        f = self._open.get(key)
+        if f is None:
+            try:
+                f = safe_open(str(path), framework="pt")
+            except (SafetensorError, OSError) as e:
+                raise StaleArtifactError(f"{path}: unreadable shard ({e}); delete {path.parent}") from None
+            offsets = {k: f.get_tensor(k) for k in f.keys() if k.endswith(".offsets")}
+            self._open[key] = f = (f, offsets)
+        return f
+
+    def locate(self, i: int) -> tuple[int, int]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        s = int(np.searchsorted(self.starts, i, side="right") - 1)
+        return s, i - int(self.starts[s])
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        idx = torch.tensor([int(i)])
-        return {"image": self.image_batch(idx)[0], "tokens": self.token_batch(idx)[0],
-                "mask": self.mask_batch(idx)[0]}
+        s, j = self.locate(int(i))
+        f, offsets = self._file(self.folder / self.manifest["shards"][s]["file"])
+        item = {"index": torch.tensor(int(i))}
+        if self.images:
+            item["image"] = f.get_slice("image")[j:j + 1][0]
+        for m in self.mods:
+            lo, hi = (int(v) for v in offsets[f"{m.name}.offsets"][j:j + 2])
+            k = lo + alternative(int(i), self.epoch, self.seed, hi - lo)
+            item[m.name] = f.get_slice(m.name)[k:k + 1][0]
+        if self.latents is not None:
+            lf, _ = self._file(self.latents / f"latents-{s:05d}.safetensors")
+            item["latent"] = lf.get_slice("latent")[j:j + 1][0]
+        return item
 
-    def image_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        """(B,) indices -> (B, 3, H, W) float32 in [-1, 1]."""
-        return self.images[idx].permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    def batch(self, indices, device=None) -> dict[str, torch.Tensor]:
+        """The collated items `indices` (for encoding passes and tests)."""
+        return torch.utils.data.default_collate([self[int(i)] for i in indices])
 
-    def token_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.tokens[idx].long()  # (B, 77)
+    def inputs(self, batch: dict, device=None) -> dict[str, torch.Tensor]:
+        """A collated batch -> "image" float (B, 3, H, W) in [-1, 1], "latent", and each modality's encoder
+        input, on `device`."""
+        out = {}
+        if "image" in batch:
+            out["image"] = batch["image"].to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        if "latent" in batch:
+            out["latent"] = batch["latent"].to(device).float()
+        for m in self.mods:
+            out[m.name] = expand(batch[m.name], kind_of(m.kind).encoder_input(m), device)
+        return out
 
-    def mask_batch(self, idx: torch.Tensor, device=None) -> torch.Tensor:
-        """(B, 19, 1024) int64 one-hot made on `device` from the class ids: the 19x larger int64
-        array is never built on the host and copied."""
-        device = torch.device("cpu") if device is None else torch.device(device)
-        if self._ids_on.device != device:
-            self._ids_on = self.mask_ids.to(device)
-        return one_hot_torch(self._ids_on[idx.to(device)])
-
-    def condition_batch(self, kind: str, idx: torch.Tensor, device=None) -> torch.Tensor:
-        """The encoder input of a modality kind ("text" or "mask") for the samples `idx`, on `device`."""
-        if kind == "mask":
-            return self.mask_batch(idx, device)
-        return self.token_batch(idx).to("cpu" if device is None else device)
-
-    def random_indices(self, gen: torch.Generator, batch: int) -> torch.Tensor:
-        return torch.randint(len(self), (batch,), generator=gen)
-
-
-def load_faces(cfg: DataConfig) -> FaceSet:
-    """Generate the set, or read it from `cfg.cache` when a current cache is there."""
-    fp = synth_fingerprint()
-    path = None
-    if cfg.cache is not None:
-        path = Path(cfg.cache) / f"faces-n{cfg.size}-s{cfg.seed}-{cfg.image_size}px.npz"
-        if path.is_file():
-            try:
-                with np.load(path, allow_pickle=False) as z:
-                    if int(z["version"]) == CACHE_VERSION and str(z["synth"]) == fp:
-                        arrays = {k: z[k] for k in ("images", "tokens", "mask_ids")}
-                        return FaceSet(arrays, fingerprint=f"{fp}:{cfg.size}:{cfg.seed}:{cfg.image_size}")
-                print(f"{path}: made by another version of the generator; rebuilding")
-            except (OSError, ValueError, KeyError) as e:
-                raise StaleArtifactError(f"{path}: unreadable data cache ({e}); delete it") from None
-    arrays = build_arrays(cfg.size, cfg.seed, cfg.image_size, cfg.workers)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
-            np.savez(tmp, version=CACHE_VERSION, synth=fp, **arrays)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return FaceSet(arrays, fingerprint=f"{fp}:{cfg.size}:{cfg.seed}:{cfg.image_size}")
+    @property
+    def record(self) -> dict:
+        """What a stage manifest records of its data: source, fingerprint, counts."""
+        man = self.manifest
+        return {"source": man["source"], "fingerprint": man["fingerprint"], "count": len(self),
+                "skipped": len(man.get("skipped", [])), "image_size": man["image_size"]}

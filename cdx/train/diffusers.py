@@ -14,16 +14,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+import dataclasses
+
 import torch
 from torch import nn
 
+from ..errors import InputError
 from ..kernels import combine_weights
 from ..models.bundle import file_sha256
 from ..models.config import ModelConfig
+from ..models.modalities import kind_of
 from ..models.unet import UNet
-from .autoencoder import jsonable, load_latents
-from .collaborator import draw_t_noise, load_collaborator, q_sample, schedule, snr_weighted_mse, zero_init
-from .data import FaceSet
+from . import dist
+from .autoencoder import jsonable, load_latents, vae_from_bundle
+from .collaborator import (CollabConfig, checkpoint_blocks, draw_t_noise, load_collaborator, q_sample, schedule,
+                           snr_weighted_mse, train_collaborator, zero_init)
+from .data import ShardSet
 from .init import init_from_bundle
 from .loop import TrainConfig, check_same, load_stage, pick_device, save_stage, seed_everything, train
 
@@ -49,40 +55,53 @@ def diffusers_loss(collabs, diffusers, z0, conds, t, noise, acp, snr_weight_powe
     return snr_weighted_mse(eps_hat, noise, t, acp, snr_weight_power)
 
 
-def train_diffusers(cfg: ModelConfig, data: FaceSet, tc: TrainConfig, work: str | os.PathLike,
-                    resume: bool = False, snr_weight_power: float = 0.0) -> dict:
-    """Train every modality's dynamic diffuser; write `work/diffusers.safetensors` (keys `<name>.*`)."""
-    work = Path(work)
-    device = pick_device(tc.device)
-    latents, lmeta = load_latents(cfg, data, work, device)
-    names = [m.name for m in cfg.modalities]
-    loaded = [load_collaborator(cfg, n, work, device) for n in names]
-    collabs = [c for c, _ in loaded]
-    gen = seed_everything(tc.seed)
-    net = nn.ModuleDict({m.name: zero_init(UNet(m.diffuser)) for m in cfg.modalities}).to(device)
-    init = init_from_bundle(net, tc.init_from, "diffusers") if tc.init_from else None
-    diffs = [net[n] for n in names]
-    acp = schedule(cfg, device)
-    shape = latents.shape[1:]
+def train_diffusers(cfg: ModelConfig, data: ShardSet, tc: TrainConfig, work: str | os.PathLike,
+                    resume: bool = False, snr_weight_power: float = 0.0, init_diffusers: bool = True) -> dict:
+    """Train every modality's dynamic diffuser; write `work/diffusers.safetensors` (keys `<name>.*`).
 
-    def loss_fn(g: torch.Generator) -> torch.Tensor:
-        idx = data.random_indices(g, tc.batch)
-        conds = [data.condition_batch(m.kind, idx, device) for m in cfg.modalities]
-        t, noise = draw_t_noise(g, tc.batch, shape, cfg.timesteps)
-        return diffusers_loss(collabs, diffs, latents[idx].to(device), conds, t.to(device), noise.to(device), acp,
-                              snr_weight_power)
+    With `tc.init_from` (a bundle) the autoencoder and the collaborators that `work` does not hold yet are the
+    bundle's, frozen (written to `work` as zero-step stages, so `assemble` finds them); the diffusers start from
+    the bundle's unless `init_diffusers` is False (new diffusers over existing collaborators)."""
+    work = Path(work)
+    missing = [m.name for m in cfg.modalities if m.name not in data.manifest["modalities"]]
+    if missing:
+        raise InputError(f"the data has no {', '.join(kind_of(cfg.modality(n).kind).training_field for n in missing)}"
+                         f" files: the diffusers mix every modality ({', '.join(m.name for m in cfg.modalities)})")
+    device = pick_device(tc.device)
+    vae_from_bundle(cfg, data, tc, work)
+    for m in cfg.modalities:
+        if tc.init_from and not (work / f"collab_{m.name}.safetensors").is_file():
+            dist.log(f"{work}: no collab_{m.name}.safetensors; using the {m.name} collaborator of {tc.init_from} "
+                     "(zero steps, frozen)")
+            train_collaborator(cfg, m.name, data, dataclasses.replace(tc, steps=0), CollabConfig(), work)
+    folder, scale, vmeta = load_latents(cfg, data, work, device)
+    names = [m.name for m in cfg.modalities]
+    collabs = [load_collaborator(cfg, n, work, device)[0] for n in names]
+    seed_everything(tc.seed)
+    net = nn.ModuleDict({m.name: zero_init(UNet(m.diffuser)) for m in cfg.modalities}).to(device)
+    init = init_from_bundle(net, tc.init_from, "diffusers") if tc.init_from and init_diffusers else None
+    diffs = [checkpoint_blocks(net[n]) if tc.grad_checkpoint else net[n] for n in names]
+    acp = schedule(cfg, device)
+    view = ShardSet(data.folder, cfg.modalities, latents=folder, images=False, seed=tc.seed)
+    shape = view[0]["latent"].shape
+
+    def loss_fn(batch, draws) -> torch.Tensor:
+        inputs = view.inputs(batch, device)
+        conds = [inputs[n] for n in names]
+        t, noise = draw_t_noise(draws, shape, cfg.timesteps, device)
+        return diffusers_loss(collabs, diffs, inputs["latent"] * scale, conds, t, noise, acp, snr_weight_power)
 
     meta = {"stage": "diffusers", "diffusers": jsonable({m.name: asdict(m.diffuser) for m in cfg.modalities}),
             "collaborators_sha256": {n: file_sha256(work / f"collab_{n}.safetensors") for n in names},
-            "vae_sha256": lmeta["vae_sha256"], "data": data.fingerprint, "snr_weight_power": snr_weight_power}
+            "vae_sha256": vmeta["vae_sha256"], "data": data.record, "snr_weight_power": snr_weight_power}
     meta.update(init or {})
-    ema, res = train("diffusers", net, loss_fn, tc, gen, work / "diffusers.ckpt.safetensors", resume, meta,
+    ema, res = train("diffusers", net, loss_fn, tc, view, work / "diffusers.ckpt.safetensors", resume, meta,
                      resume_same={"snr_weight_power": 0.0})
-    manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "samples_per_s": res.steps_per_s * tc.batch,
+    manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "first_losses": res.losses[:20], "samples_per_s": res.steps_per_s * tc.batch,
                 "train": jsonable(asdict(tc))}
     out = work / "diffusers.safetensors"
     save_stage(out, ema.state_dict(), manifest)
-    print(f"diffusers: {res.step} steps, loss {res.loss_text()} -> {out}", flush=True)
+    dist.log(f"diffusers: {res.step} steps, loss {res.loss_text()} -> {out}")
     return manifest
 
 

@@ -1,17 +1,21 @@
-"""The training loop every stage shares: seeding, AdamW with warm-up, an EMA of the weights,
-progress bars, periodic atomic checkpoints, --resume, a step and a wall-clock budget.
+"""The training loop every stage shares: AdamW with warm-up, an EMA of the weights, gradient
+accumulation, data parallelism under torchrun, bf16 autocast, progress and logs on rank 0, periodic
+atomic checkpoints, --resume (also with another number of processes), a step and a wall-clock budget.
 
-A stage hands `train` the module it trains and a loss function of a seeded generator; the loop owns
-everything else. All training randomness (batch indices, timesteps, noise) is drawn from that one
-CPU `torch.Generator`, so a checkpoint that stores its state resumes bit for bit.
+A stage hands `train` the module it trains, a data set and a loss function `loss_fn(batch, draws)` of
+one micro-batch; the loop owns everything else. The order of the samples is a DistributedSampler's for
+(seed, epoch), and every random value of step s (timesteps, noise, dropout, crops) is drawn for the
+whole global batch from a generator seeded by (seed, s), then sliced to the micro-batch's positions
+(`Draws`). So a sample meets the same noise whatever the number of processes and accumulation steps,
+a checkpoint needs no RNG state, and a run resumed on N processes continues the one made on M.
 
 A checkpoint is one safetensors file, written to a temporary file and renamed into place: the
-tensors `model.*`, `ema.*`, `opt.<param index>.<name>`, `rng.generator`, `rng.torch`, and a JSON
-document under the metadata key `cdx_train` (step, optimizer hyper-parameters, stage metadata).
-Nothing is ever unpickled.
+tensors `model.*`, `ema.*`, `opt.<param index>.<name>`, and a JSON document under the metadata key
+`cdx_train` (step, global batch, optimizer hyper-parameters, stage metadata). Nothing is ever unpickled.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -32,15 +36,17 @@ from tqdm import tqdm
 
 from ..errors import CdxError, InputError, StaleArtifactError
 from ..io import atomic_path
+from . import dist
 
 CKPT_FORMAT = "cdx-train-checkpoint"
-CKPT_VERSION = 1
+CKPT_VERSION = 2
+AMP = ("auto", "none", "bf16")
 
 
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch: int = 32
+    batch: int = 32  # the global batch: samples per optimizer step over all processes and accumulation steps
     lr: float = 2e-4
     warmup: int = 200  # linear warm-up steps, then a constant learning rate (the EMA does the averaging)
     weight_decay: float = 0.0
@@ -53,15 +59,18 @@ class TrainConfig:
     ckpt_minutes: float = 5.0  # and at least this often in wall-clock time
     log_every: int = 100
     device: str | None = None  # None: cuda when available, else cpu
-    amp: str = "none"  # "none" or "bf16" (autocast; weights and optimizer stay fp32)
+    amp: str = "none"  # "auto" (bf16 on CUDA, none elsewhere), "none" or "bf16" (weights, optimizer stay fp32)
     init_from: str | None = None  # a bundle whose trained weights the stage starts from (cdx/train/init.py)
+    accum: int = 1  # micro-batches per optimizer step in each process
+    loader_workers: int = 0  # DataLoader worker processes
+    grad_checkpoint: bool = False  # recompute the UNets' activations in the backward pass (memory for time)
 
 
 @dataclass
 class LoopResult:
     step: int  # steps done in total (including resumed ones)
     start_step: int  # the step this invocation started from
-    losses: list[float] = field(default_factory=list)  # per step of this invocation
+    losses: list[float] = field(default_factory=list)  # per step of this invocation (mean over the global batch)
     seconds: float = 0.0
     stopped_by: str = "steps"  # "steps" or "time"
 
@@ -80,21 +89,54 @@ class LoopResult:
 
 
 def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return the CPU generator the stage draws all its randomness from."""
+    """Seed python, numpy and torch (the networks' initial weights); return a CPU generator of `seed`."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step `step`'s random values: a SeedSequence of (seed, step), so no two pairs share one."""
+    return int(np.random.SeedSequence((int(seed), int(step))).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class Draws:
+    """The random values of one optimizer step for the samples at `positions` of its global batch.
+
+    Each call draws the whole global batch's values from the step's generator and keeps this micro-batch's
+    rows, so the values a sample gets depend only on (seed, step, its position): not on the number of
+    processes or accumulation steps. The calls must come in the same order in every micro-batch."""
+
+    def __init__(self, seed: int, step: int, global_batch: int, positions: torch.Tensor):
+        self.gen = torch.Generator().manual_seed(step_seed(seed, step))
+        self.batch, self.positions = global_batch, positions
+
+    def randint(self, high: int) -> torch.Tensor:
+        return torch.randint(high, (self.batch,), generator=self.gen)[self.positions]
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn((self.batch, *shape), generator=self.gen)[self.positions]
+
+    def rand(self) -> torch.Tensor:
+        return torch.rand((self.batch,), generator=self.gen)[self.positions]
+
+    def shared_randint(self, high: int, n: int) -> torch.Tensor:
+        """`n` values shared by the whole step (e.g. one crop window for the batch)."""
+        return torch.randint(high, (n,), generator=self.gen)
+
+
 def pick_device(name: str | None) -> torch.device:
     """None: CUDA when available, else CPU; an explicit CUDA device that is absent is an error."""
+    name = dist.device_for(name)
     if name is None:
         return _tf32(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         dev = torch.device(name)
     except RuntimeError:
         raise InputError(f"--device {name!r}: not a torch device (use cpu or cuda)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name!r}: cdx trains on cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CdxError(f"--device {name}: CUDA is not available here; use --device cpu")
     return _tf32(dev)
@@ -138,6 +180,19 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
         eb.copy_(mb)
 
 
+def use_amp(amp: str, device: torch.device, name: str) -> bool:
+    """Whether to autocast to bf16: `auto` on CUDA devices that have bf16; `bf16` anywhere (warned where a CPU
+    only emulates it)."""
+    if amp not in AMP:
+        raise InputError(f"amp must be one of {', '.join(AMP)}, got {amp!r}")
+    if amp == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        dist.log(f"{name}: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so --amp bf16 is emulated "
+                 "and several times slower than --amp none (12x measured on a 2-core AVX2 EPYC)")
+    return amp == "bf16"
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoints
 
@@ -147,7 +202,7 @@ def _flat_state(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-                    step: int, gen: torch.Generator, meta: dict | None = None) -> None:
+                    step: int, meta: dict | None = None, global_batch: int | None = None) -> None:
     """Write the whole training state to one safetensors file, atomically (temp file + os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,9 +212,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, ema: nn.Module, o
         for name, v in st.items():
             v = v if torch.is_tensor(v) else torch.tensor(v)
             tensors[f"opt.{idx}.{name}"] = v.detach().cpu().contiguous().clone()
-    tensors["rng.generator"] = gen.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
-    doc = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "step": int(step),
+    doc = {"format": CKPT_FORMAT, "version": CKPT_VERSION, "step": int(step), "global_batch": global_batch,
            "param_groups": sd["param_groups"], "meta": meta or {}}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"cdx_train": json.dumps(doc)})
@@ -178,10 +231,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     try:
         tensors, doc = _read_with_doc(path, "cdx_train")
-    except (SafetensorError, OSError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise StaleArtifactError(f"{path}: unreadable checkpoint ({e}); delete it or train without --resume") from None
-    if doc.get("format") != CKPT_FORMAT or doc.get("version") != CKPT_VERSION:
-        raise StaleArtifactError(f"{path}: not a version-{CKPT_VERSION} cdx training checkpoint")
+    if not isinstance(doc, dict) or doc.get("format") != CKPT_FORMAT or doc.get("version") != CKPT_VERSION:
+        raise StaleArtifactError(f"{path}: not a version-{CKPT_VERSION} cdx training checkpoint; delete it or "
+                                 "train without --resume")
     return tensors, doc
 
 
@@ -191,16 +245,20 @@ def _sub(tensors: dict, prefix: str) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-                    gen: torch.Generator, expect_meta: dict | None = None, absent: dict | None = None) -> int:
-    """Restore model, EMA, optimizer and RNG states in place; returns the saved step. Every key of
-    `expect_meta` must have that value in the checkpoint's meta (`absent[key]`, when the key is missing:
-    what a checkpoint older than the key meant)."""
+                    expect_meta: dict | None = None, absent: dict | None = None,
+                    global_batch: int | None = None) -> int:
+    """Restore model, EMA and optimizer states in place; returns the saved step. Every key of `expect_meta`
+    must have that value in the checkpoint's meta (`absent[key]`, when the key is missing: what a checkpoint
+    older than the key meant), and the global batch must be the checkpoint's."""
     tensors, doc = read_checkpoint(path)
     for key, want in (expect_meta or {}).items():
         got = doc["meta"].get(key, (absent or {}).get(key))
         if got != want:
             raise StaleArtifactError(f"{path}: checkpoint was made with a different {key} ({got!r}, now "
                                      f"{want!r}); delete it or train without --resume")
+    if global_batch is not None and doc.get("global_batch") not in (None, global_batch):
+        raise InputError(f"{path}: checkpoint was made with a global batch of {doc['global_batch']}; resume with "
+                         f"--batch {doc['global_batch']} (any number of processes)")
     try:
         model.load_state_dict(_sub(tensors, "model"), strict=True)
         ema.load_state_dict(_sub(tensors, "ema"), strict=True)
@@ -211,20 +269,19 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, ema: nn.Module, o
         idx, name = k.split(".", 1)
         state.setdefault(int(idx), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
-    gen.set_state(tensors["rng.generator"])
-    torch.set_rng_state(tensors["rng.torch"])
     return int(doc["step"])
 
 
 # ---------------------------------------------------------------------------------------------
 # the loop
 
-LossFn = Callable[[torch.Generator], torch.Tensor]
+LossFn = Callable[[dict, Draws], torch.Tensor]
 
 
 def _log(msg: str) -> None:
-    tqdm.write(msg, file=sys.stdout)
-    sys.stdout.flush()
+    if dist.is_main():
+        tqdm.write(msg, file=sys.stdout)
+        sys.stdout.flush()
 
 
 def cpu_has_native_bf16() -> bool:
@@ -235,17 +292,80 @@ def cpu_has_native_bf16() -> bool:
         return True
 
 
-def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, gen: torch.Generator,
+class Objective(nn.Module):
+    """The trained module and its loss as one module: DistributedDataParallel must see the forward pass."""
+
+    def __init__(self, net: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.net, self.loss_fn = net, loss_fn
+
+    def forward(self, batch: dict, draws: Draws) -> torch.Tensor:
+        return self.loss_fn(batch, draws)
+
+
+def micro_batch(cfg: TrainConfig, world: int) -> int:
+    """Samples per micro-batch in each process: the global batch over processes and accumulation steps."""
+    if cfg.accum < 1:
+        raise InputError(f"--accum must be >= 1, got {cfg.accum}")
+    per, rest = divmod(cfg.batch, world * cfg.accum)
+    if per < 1 or rest:
+        raise InputError(f"--batch {cfg.batch} must be a multiple of processes x --accum ({world} x {cfg.accum})")
+    return per
+
+
+class _ResumedSampler(torch.utils.data.DistributedSampler):
+    """A DistributedSampler that starts `skip` items into this process's share of the epoch."""
+
+    def __init__(self, data, skip: int = 0, **kw):
+        super().__init__(data, **kw)
+        self.skip = skip
+
+    def __iter__(self):
+        it = super().__iter__()
+        for _ in range(self.skip):
+            next(it)
+        return it
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
+def _batches(data, cfg: TrainConfig, micro: int, step: int):
+    """This process's micro-batches from optimizer step `step` on. An epoch is len(data) // batch steps in
+    every process count; the samples of step s are positions s*batch.. of the epoch's permutation."""
+    d = dist.current()
+    per_epoch = len(data) // cfg.batch
+    if per_epoch < 1:
+        raise InputError(f"--batch {cfg.batch} is larger than the data set ({len(data)} samples)")
+    while True:
+        epoch, within = divmod(step, per_epoch)
+        if hasattr(data, "set_epoch"):
+            data.set_epoch(epoch)
+        sampler = _ResumedSampler(data, skip=within * cfg.batch // d.world, num_replicas=d.world, rank=d.rank,
+                                  shuffle=True, seed=cfg.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(data, batch_size=micro, sampler=sampler, drop_last=True,
+                                             num_workers=cfg.loader_workers)
+        it = iter(loader)
+        for _ in range((per_epoch - within) * cfg.accum):
+            yield next(it)
+        step = (epoch + 1) * per_epoch
+
+
+def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, data,
           ckpt: str | os.PathLike | None = None, resume: bool = False, meta: dict | None = None,
           ema: nn.Module | None = None, resume_same: dict | None = None) -> tuple[nn.Module, LoopResult]:
-    """Minimise `loss_fn(gen)` over the trainable parameters of `model` (already on its device).
+    """Minimise `loss_fn(batch, draws)` over the trainable parameters of `model` (already on its device),
+    with batches of `data` (a map-style Dataset).
 
     Stops after `cfg.steps` steps in total or `cfg.max_minutes` of this invocation, whichever comes
-    first; checkpoints to `ckpt` every `cfg.ckpt_every` steps / `cfg.ckpt_minutes` and at the end.
+    first; rank 0 checkpoints to `ckpt` every `cfg.ckpt_every` steps / `cfg.ckpt_minutes` and at the end.
     `resume_same` names the keys of `meta` that define the loss (key -> its value in checkpoints made before
     the key existed): a checkpoint made with other values is not resumed.
     Returns the EMA copy of `model` (the weights a stage saves) and the loop's record."""
     device = next(model.parameters()).device
+    d = dist.current()
+    micro = micro_batch(cfg, d.world)
     ema = make_ema(model) if ema is None else ema
     opt = make_optimizer(model.parameters(), cfg)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -253,44 +373,47 @@ def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, gen: t
     start = 0
     if resume and ckpt is not None and Path(ckpt).is_file():
         same = {"stage": meta.get("stage"), **{k: meta.get(k) for k in (resume_same or {})}}
-        start = load_checkpoint(ckpt, model, ema, opt, gen, expect_meta=same, absent=resume_same)
+        start = load_checkpoint(ckpt, model, ema, opt, expect_meta=same, absent=resume_same, global_batch=cfg.batch)
         _log(f"{name}: resumed from {ckpt} at step {start}")
     elif resume:
         _log(f"{name}: no checkpoint at {ckpt}; starting from step 0")
     result = LoopResult(step=start, start_step=start)
     budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
-    amp = cfg.amp != "none"
-    if cfg.amp not in ("none", "bf16"):
-        raise InputError(f"amp must be 'none' or 'bf16', got {cfg.amp!r}")
-    if amp and device.type == "cpu" and not cpu_has_native_bf16():
-        _log(f"{name}: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so --amp bf16 is emulated "
-             "and several times slower than --amp none (12x measured on a 2-core AVX2 EPYC)")
+    amp = use_amp(cfg.amp, device, name)
+    objective = dist.wrap(Objective(model, loss_fn), device)
     t0 = last_ckpt = time.monotonic()
     run_loss, run_n = 0.0, 0
-    tty = sys.stderr.isatty()
-    bar = tqdm(total=cfg.steps, initial=start, desc=name, unit="step", dynamic_ncols=True,
-               mininterval=0.5 if tty else 30.0, file=sys.stderr)
+    bar = tqdm(total=cfg.steps, initial=start, desc=name, unit="step", dynamic_ncols=True, file=sys.stderr,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0, disable=d.rank != 0)
     model.train()
     step = start
+    batches = _batches(data, cfg, micro, start) if start < cfg.steps else iter(())
+    ckpt_meta = {**meta, "train": asdict(cfg)}
     try:
         while step < cfg.steps:
-            if budget is not None and time.monotonic() - t0 >= budget:
-                result.stopped_by = "time"
-                break
             lr = lr_at(step, cfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss = loss_fn(gen)
-            loss = loss.float()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total = 0.0
+            for k in range(cfg.accum):
+                positions = (k * micro + torch.arange(micro)) * d.world + d.rank  # in the step's global batch
+                draws = Draws(cfg.seed, step, cfg.batch, positions)
+                last = k == cfg.accum - 1 or d.world == 1
+                with contextlib.nullcontext() if last else objective.no_sync():  # all-reduce once per step
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        loss = objective(next(batches), draws)
+                    loss = loss.float() / cfg.accum
+                    loss.backward()
+                total += float(loss.detach())
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             ema_update(ema, model, cfg.ema_decay, step)
             step += 1
-            value = float(loss.detach())
+            over = budget is not None and time.monotonic() - t0 >= budget
+            stats = dist.all_sum(torch.tensor([total, float(over)], dtype=torch.float64))  # the ranks agree
+            value = float(stats[0]) / d.world  # the loss over the global batch
             if not math.isfinite(value):
                 raise CdxError(f"{name}: loss became {value} at step {step}; lower --lr or check the data")
             result.losses.append(value)
@@ -305,14 +428,18 @@ def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, gen: t
                 run_loss, run_n = 0.0, 0
             due = (cfg.ckpt_every and step % cfg.ckpt_every == 0) or \
                 (time.monotonic() - last_ckpt >= 60.0 * cfg.ckpt_minutes)
-            if ckpt is not None and due and step < cfg.steps:
-                save_checkpoint(ckpt, model, ema, opt, step, gen, {**meta, "train": asdict(cfg)})
+            if ckpt is not None and due and step < cfg.steps and d.rank == 0:
+                save_checkpoint(ckpt, model, ema, opt, step, ckpt_meta, cfg.batch)
                 last_ckpt = time.monotonic()
+            if stats[1] > 0:
+                result.stopped_by = "time"
+                break
     finally:
         bar.close()
     result.step, result.seconds = step, time.monotonic() - t0
-    if ckpt is not None and step > start:
-        save_checkpoint(ckpt, model, ema, opt, step, gen, {**meta, "train": asdict(cfg)})
+    if ckpt is not None and step > start and d.rank == 0:
+        save_checkpoint(ckpt, model, ema, opt, step, ckpt_meta, cfg.batch)
+    dist.barrier()
     model.eval()
     return ema, result
 
@@ -322,13 +449,16 @@ def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, gen: t
 
 
 def save_stage(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write a stage's weights and its manifest (under the metadata key `cdx_stage`) atomically."""
+    """Write a stage's weights and its manifest (under the metadata key `cdx_stage`) atomically: on rank 0,
+    which the other processes wait for."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().float().cpu().contiguous().clone() if v.is_floating_point() else v.detach().cpu()
-               for k, v in state.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"cdx_stage": json.dumps(meta)})
+    if dist.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().float().cpu().contiguous().clone() if v.is_floating_point() else v.detach().cpu()
+                   for k, v in state.items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"cdx_stage": json.dumps(meta)})
+    dist.barrier()
 
 
 def load_stage(path: str | os.PathLike, stage: str, rebuild: str) -> tuple[dict[str, torch.Tensor], dict]:
