@@ -16,15 +16,18 @@ from ..cli import friendly, main
 @click.option("--static", is_flag=True, help="Fixed shapes at the OPT batch (what CUDA graphs prefer).")
 @click.option("--vae-fp32", is_flag=True, help="Keep the VAE networks in fp32.")
 @click.option("--refittable", is_flag=True, help="Allow refitting weights (for `cdx edit`).")
-@click.option("--timing-cache", type=click.Path(path_type=Path), default=None)
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="Tactic timing cache to read and update (default: one per TensorRT and GPU in --out).")
+@click.option("--workspace", type=click.IntRange(min=1), default=None, help="Builder workspace limit in MiB.")
 @click.option("--verify", is_flag=True, help="Compare each engine with ONNX Runtime.")
 @friendly
-def build_engine(onnx_dir, out, fp16, batch, static, vae_fp32, refittable, timing_cache, verify):
-    """One TensorRT engine per network, with a manifest; current engines are skipped."""
+def build_engine(onnx_dir, out, fp16, batch, static, vae_fp32, refittable, timing_cache, workspace, verify):
+    """One TensorRT engine per network (polygraphy's loaders), with a manifest; current engines are skipped."""
     from ..engine.trt import build_engines, check_errors, parse_batch, read_engine_manifest, verify_engines
 
     report = build_engines(onnx_dir, out, fp16=fp16, batch=parse_batch(batch), static=static, vae_fp32=vae_fp32,
-                           refittable=refittable, timing_cache=timing_cache, log=lambda s: click.echo(s, err=True))
+                           refittable=refittable, timing_cache=timing_cache,
+                           workspace=workspace << 20 if workspace else None, log=lambda s: click.echo(s, err=True))
     for name, what in report.items():
         click.echo(f"  {name:<16} {what}")
     if verify:

@@ -1,20 +1,22 @@
-"""Build one TensorRT plan per ONNX network (TensorRT 10 Python API), skipping plans that are current.
+"""Build one TensorRT plan per ONNX network through polygraphy's loaders, skipping plans that are current.
 
-`plan_builds` decides what to build (pure Python, tested without TensorRT); `build_engines` runs
-the builder for each job, writes the plan to a temporary file, then moves it into place and
-records it in engines.json under the folder lock (see manifest.record_engine).
+`plan_builds` decides what to build (pure Python, tested without TensorRT); `polygraphy_profile` and
+`build_config` turn a job into polygraphy's Profile and CreateConfig (data until a build calls them);
+`build_engines` parses (network_from_onnx_path), builds (engine_from_network) and saves (save_engine)
+each plan to a temporary file, then moves it into place and records it in engines.json under the
+folder lock (see manifest.record_engine).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import CdxError, InputError, StaleArtifactError
 from ...export.spec import network_specs
-from ...io import atomic_write_bytes
 from ...models.bundle import file_sha256
 from ...models.config import ModelConfig
 from ..ort_runner import reexport_hint
@@ -90,41 +92,77 @@ def plan_entry(job: BuildJob, plan_file) -> dict:
             "cache_key": job.key}
 
 
-def _build_plan(trt, job: BuildJob, timing: bytes, plan_file: Path, workspace: int | None,
-                opt_level: int | None) -> bytes:
-    """Build `job` into `plan_file`; returns the updated serialized timing cache."""
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(job.onnx_path)):  # resolves external data beside the file
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise CdxError(f"TensorRT could not parse {job.onnx_path}: {errors}")
+def polygraphy_profile(profiles: dict):
+    """cdx's {input: (min, opt, max)} as polygraphy's Profile (plain data: no TensorRT needed)."""
+    from polygraphy.backend.trt import Profile
+
+    profile = Profile()
+    for name, (lo, opt, hi) in profiles.items():
+        profile.add(name, lo, opt, hi)
+    return profile
+
+
+def build_config(job: BuildJob, timing_cache: Path | None, workspace: int | None = None,
+                 opt_level: int | None = None, trt=None):
+    """polygraphy's CreateConfig for `job`; `trt` (the module) is needed only for a workspace limit."""
+    from polygraphy.backend.trt import CreateConfig
+
+    pools = None
+    if workspace is not None:
+        pools = {trt.MemoryPoolType.WORKSPACE: int(workspace)}
+    # tf32=True: TensorRT's own default, which cdx's engines have always had (TOLERANCE in verify.py
+    # allows for it); polygraphy clears the flag unless asked.
+    return CreateConfig(fp16=job.precision == "fp16", tf32=True, refittable=job.refittable,
+                        profiles=[polygraphy_profile(job.profiles)],
+                        load_timing_cache=str(timing_cache) if timing_cache else None,
+                        memory_pool_limits=pools, builder_optimization_level=opt_level)
+
+
+def polygraphy_flags(job: BuildJob, timing_cache=None, workspace: int | None = None,
+                     opt_level: int | None = None) -> list[str]:
+    """The options of polygraphy's CLI (`polygraphy convert|run ... --trt`) that ask for the engine
+    build_config describes; docs/tensorrt.md shows them, a test checks polygraphy reads them so."""
+    flags = ["--fp16"] * (job.precision == "fp16") + ["--tf32"] + ["--refittable"] * job.refittable
+    for i, which in enumerate(("min", "opt", "max")):
+        flags.append(f"--trt-{which}-shapes")
+        flags += [f"{name}:[{','.join(map(str, shapes[i]))}]" for name, shapes in job.profiles.items()]
+    if timing_cache:
+        flags += ["--load-timing-cache", str(timing_cache), "--save-timing-cache", str(timing_cache)]
+    if workspace is not None:
+        flags += ["--pool-limit", f"workspace:{int(workspace)}"]
+    if opt_level is not None:
+        flags += ["--builder-optimization-level", str(opt_level)]
+    return flags
+
+
+def _check_inputs(network, job: BuildJob) -> None:
+    """The parsed network's inputs must be the spec's. Written here because polygraphy fills inputs a
+    profile leaves out with default shapes, where cdx refuses an export that does not fit its spec."""
     inputs = {network.get_input(i).name for i in range(network.num_inputs)}
     if inputs != set(job.profiles):
         raise StaleArtifactError(f"{job.onnx_path}: inputs {sorted(inputs)} are not the spec's "
                                  f"{sorted(job.profiles)}; {reexport_hint(job.onnx_path.parent)}")
-    config = builder.create_builder_config()
-    if job.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    if job.refittable:
-        config.set_flag(trt.BuilderFlag.REFIT)
-    if workspace is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-    if opt_level is not None:
-        config.builder_optimization_level = opt_level
-    profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in job.profiles.items():
-        profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(timing)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise CdxError(f"TensorRT could not build {job.name} (its log above says why)")
-    with open(plan_file, "wb") as f:
-        f.write(memoryview(plan))
-    return bytes(memoryview(config.get_timing_cache().serialize()))
+
+
+def _build_plan(trt, job: BuildJob, timing_cache: Path, plan_file: Path, workspace: int | None,
+                opt_level: int | None) -> None:
+    """Build `job` into `plan_file` with polygraphy's loaders; `timing_cache` is read and updated."""
+    from polygraphy.backend.trt import engine_from_network, network_from_onnx_path, save_engine
+    from polygraphy.exception import PolygraphyException
+
+    from ...export.verify import first_line
+
+    try:
+        network = network_from_onnx_path(str(job.onnx_path))  # parse_from_file: finds external data beside it
+    except PolygraphyException as e:
+        raise CdxError(f"TensorRT could not parse {job.onnx_path}: {first_line(e)}") from None
+    _check_inputs(network[1], job)
+    config = build_config(job, timing_cache, workspace, opt_level, trt)
+    try:
+        engine = engine_from_network(network, config=config, save_timing_cache=str(timing_cache))
+        save_engine(engine, path=str(plan_file))
+    except PolygraphyException as e:
+        raise CdxError(f"TensorRT could not build {job.name}: {first_line(e)} (its log above says why)") from None
 
 
 def build_engines(onnx_dir, out_dir, fp16: bool = True, batch: Batch = (1, 1, 4), static: bool = False,
@@ -133,9 +171,11 @@ def build_engines(onnx_dir, out_dir, fp16: bool = True, batch: Batch = (1, 1, 4)
     """Build a plan per ONNX network into `out_dir`; returns {network: "built" | "current"}.
 
     `timing_cache` defaults to a file in `out_dir` named by TensorRT version and GPU."""
+    from ...export.verify import polygraphy_logging, require_polygraphy
     from .env import current_gpu, require_tensorrt
 
     trt = require_tensorrt()
+    require_polygraphy("cdx builds TensorRT engines through polygraphy's loaders")
     gpu = current_gpu()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -143,18 +183,30 @@ def build_engines(onnx_dir, out_dir, fp16: bool = True, batch: Batch = (1, 1, 4)
                                         refittable, networks)
     report = {name: "current" for name in current}
     cache_path = Path(timing_cache) if timing_cache else out_dir / timing_cache_name(trt.__version__, gpu)
-    timing = cache_path.read_bytes() if cache_path.is_file() else b""
     for job in jobs:
         lo, _, hi = next(iter(job.profiles.values()))  # axis 0 of every input is "batch"
         log(f"building {job.name} ({job.precision}, batch {lo[0]}..{hi[0]})")
-        fd, tmp = tempfile.mkstemp(prefix=f".{job.file}.", suffix=".tmp", dir=out_dir)
-        os.close(fd)
+        plan_tmp = _temp_beside(out_dir / job.file)
+        # polygraphy writes the timing cache in place: it works on a copy that replaces the cache once
+        # the plan is recorded, so an interrupted build leaves the old cache whole.
+        cache_tmp = _temp_beside(cache_path)
         try:
-            timing = _build_plan(trt, job, timing, Path(tmp), workspace, opt_level)
-            record_engine(out_dir, header, job.name, plan_entry(job, tmp), plan_tmp=tmp)
+            if cache_path.is_file():
+                shutil.copyfile(cache_path, cache_tmp)
+            with polygraphy_logging("WARNING"):  # TensorRT's warnings and errors, as before, on stderr
+                _build_plan(trt, job, cache_tmp, plan_tmp, workspace, opt_level)
+            record_engine(out_dir, header, job.name, plan_entry(job, plan_tmp), plan_tmp=plan_tmp)
+            os.replace(cache_tmp, cache_path)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        atomic_write_bytes(cache_path, timing)
+            for leftover in (plan_tmp, cache_tmp, Path(f"{cache_tmp}.lock")):  # .lock: polygraphy's LockFile
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
         report[job.name] = "built"
     return report
+
+
+def _temp_beside(target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    return Path(tmp)

@@ -5,7 +5,8 @@ Buffers are torch CUDA tensors sized for the profile's largest batch and bound o
 set_tensor_address, so their addresses never change; a smaller batch uses a prefix of each buffer.
 `enqueue` copies the inputs in, calls execute_async_v3 on the torch stream and returns views of the
 output buffers without synchronising, so a CUDA graph can capture it (call it once with the same
-shapes before capturing). `run` returns copies, as every runner does.
+shapes before capturing); `capture` records such a body through cuda-python (graph.py). `run`
+returns copies, as every runner does.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class _Engine:
     """A deserialised plan with its execution context and I/O buffers."""
 
     def __init__(self, trt, runtime, plan: Path, device: torch.device):
+        # Not polygraphy's EngineFromBytes: it sets runtime.engine_host_code_allowed, which lets a
+        # version-compatible plan run the code it carries; cdx builds no such plan and loads none.
         self.engine = runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise StaleArtifactError(f"{plan}: TensorRT could not deserialise it; {rebuild_hint(plan.parent)}")
@@ -105,6 +108,17 @@ class TensorRTRunner:
         with torch.cuda.stream(stream):
             return self._engine(network).enqueue(inputs, stream)
 
+    def net_dtype(self, network: str) -> torch.dtype:
+        """The dtype of the engine's (first) output buffer, which `enqueue` returns views of."""
+        eng = self._engine(network)
+        return eng.buffers[eng.outputs[0]].dtype
+
+    def capture(self, fn, device=None):
+        """A CUDA graph of `fn`'s launches, captured through cuda-python (graph.py); `.replay()` runs it."""
+        from .graph import capture
+
+        return capture(fn, device or self.device)
+
     def run(self, network: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         spec = self.specs[network]
         stream = torch.cuda.current_stream(self.device)
@@ -115,7 +129,9 @@ class TensorRTRunner:
     def refit(self, network: str, weights: dict, strict: bool = True) -> int:
         """Replace weights of a refittable engine, by ONNX initializer name; returns how many were set.
 
-        The values must be laid out as the ONNX initializers are (e.g. transposed MatMul weights)."""
+        The values must be laid out as the ONNX initializers are (e.g. transposed MatMul weights).
+        Written against TensorRT's Refitter: polygraphy has no refit loader. Captured loops of this
+        runner are dropped (cuda_graph.forget): they are captured again with the new weights."""
         trt, eng = self._trt, self._engine(network)
         if not eng.engine.refittable:
             raise CdxError(f"the {network} engine was built without --refittable; "
@@ -142,6 +158,9 @@ class TensorRTRunner:
             raise InputError(f"refit of {network} also needs {', '.join(sorted(missing)[:5])}")
         if not refitter.refit_cuda_engine():
             raise CdxError(f"TensorRT failed to refit {network} (its log above says why)")
+        from ..cuda_graph import forget
+
+        forget(self)
         return len(held)
 
     def refit_from_onnx(self, network: str, onnx_path) -> int:
