@@ -78,8 +78,8 @@ def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
     extra = {
         "producer": "cdx train",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "data": "procedural synthetic faces (cdx.train.synth), " + str(vmeta.get("data")),
-        "note": "trained from scratch on synthetic data; not the official Collaborative Diffusion weights",
+        "data": dmeta.get("data"),  # what the diffusers were trained on: source, fingerprint, counts
+        "note": "trained with cdx train on the data named above; not the official Collaborative Diffusion weights",
         "stages": stages,
     }
     return save_bundle(model.eval(), out, extra=extra, dtype=dtype, overwrite=overwrite)
@@ -132,6 +132,6 @@ def _finite(obj):
 
 
 def _summary(meta: dict, path: Path) -> dict:
-    keep = ("steps", "loss", "scale_factor", "scale_factor_from", "recon_l1_mean", "samples_per_s", "train", "vae",
-            "collab", "snr_weight_power", "init_from", "init_stage")
+    keep = ("data", "steps", "loss", "scale_factor", "scale_factor_from", "recon_l1_mean", "samples_per_s", "train",
+            "vae", "collab", "snr_weight_power", "init_from", "init_stage")
     return _finite({"sha256": file_sha256(path), **{k: meta[k] for k in keep if k in meta}})

@@ -6,7 +6,8 @@ Plain folder (`--data DIR`):
     DIR/images/<name>.png|.jpg     any size; resized and centre-cropped to the model's size
     DIR/masks/<name>.png           label map of class ids 0..18 (palette, greyscale or palette colours), any size
     DIR/sketches/<name>.png        greyscale line drawing (for a sketch modality)
-    DIR/captions.json              {"<name>": "caption"} or {"<name>": ["caption", ...]}
+    DIR/captions.json              {"<name>": "caption"} or {"<name>": ["caption", ...]}, or instead
+    DIR/captions/<name>.txt        one caption per line
 Official layout (the repository's `datasets/` folder, CelebA-HQ / CelebAMask-HQ / CelebA-Dialog):
     DIR/image/<one folder>/<name>.jpg, DIR/mask/<one folder>/<name>.pt (one-hot [19, 1024]) or .png,
     DIR/sketch/<one folder>/<name>.pt ([1, 1024]), DIR/text/<captions>.json ({"<name>.jpg": {"Beard_and_Age": ...}})
@@ -156,7 +157,7 @@ def _assemble(kind: str, root: Path, images: dict[str, Path], fields: dict[str, 
                 st = v.stat()
                 h.update(f"{name}\0{fld}\0{v.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
             else:
-                h.update(f"{name}\0{fld}\0{json.dumps(v)}\n".encode())
+                h.update(f"{name}\0{fld}\0{json.dumps(v, default=repr)}\n".encode())
     return Source(kind, str(root), sorted(files), tuple(fields), problems, fingerprint=h.hexdigest()[:16],
                   _files=files)
 
@@ -174,10 +175,28 @@ def _folder(root: Path) -> Source:
             stem = Path(key).stem if Path(key).suffix.lower() in IMAGE_EXTS else key
             keys[stem] = key
             fields["caption"][stem] = _captions(value) if _captions(value) is not None else value
+    elif (root / "captions").is_dir():
+        fields["caption"] = {stem: _caption_file(path) for stem, path in _listing(root / "captions", (".txt",)).items()}
     for fld, sub in (("mask", "masks"), ("sketch", "sketches")):
         if (root / sub).is_dir():
             fields[fld] = _listing(root / sub, (".png",))
     return _assemble("folder", root, images, fields, keys)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A field's file that could not be read at scan time; the sample is named as bad when it is used."""
+
+    reason: str
+
+
+def _caption_file(path: Path) -> list[str] | Unreadable:
+    """The non-blank lines of a caption file ([] for an empty one: named as a bad sample later)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        return Unreadable(f"caption file {path.name} is not readable UTF-8 text ({type(e).__name__})")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _one_folder(parent: Path, prefer: str = "") -> Path:
@@ -242,6 +261,8 @@ def load_image(value, name: str, size: int) -> np.ndarray:
 def field_value(fld: str, value, name: str):
     """A field's stored value as the modality registry's `parse` takes it: a caption string (or list), a
     label-map array or path, a sketch array or path. Official .pt tensors are read with weights_only."""
+    if isinstance(value, Unreadable):
+        raise SampleError(name, value.reason)
     if fld == "caption":
         caps = _captions(value)
         if caps is None:
