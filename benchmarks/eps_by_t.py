@@ -9,6 +9,8 @@ pure noise stays on the data.
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +20,8 @@ from cdx.models import masks
 from cdx.models.bundle import load_bundle
 from cdx.train.autoencoder import posterior
 from cdx.train.collaborator import q_sample, schedule
-from cdx.train.data import FaceSet, build_arrays
+from cdx.train.prepare import prepare
+from cdx.train.sources import synthetic
 
 TS = (999, 900, 800, 700, 500, 300, 100, 20)
 REGIONS = {name: masks.REGIONS[name] for name in ("skin", "mouth/lips", "hair", "background")}
@@ -33,14 +36,16 @@ def main():
     args = ap.parse_args()
     model = load_bundle(args.checkpoint or default_checkpoint()).eval()
     cfg = model.cfg
-    data = FaceSet(build_arrays(args.n, args.data_seed, cfg.image_size[0]))
-    idx = torch.arange(args.n)
+    size = cfg.image_size[0]
+    with tempfile.TemporaryDirectory() as tmp:  # the training set's first n faces, prepared as cdx train does
+        data = prepare(synthetic(args.n, args.data_seed, size), cfg.modalities, size, Path(tmp))
+        batch = data.inputs(data.batch(range(args.n)))  # "image" and each modality's encoder input
     acp = schedule(cfg)
     print("eps MSE by t: " + " ".join(f"{t:>7d}" for t in TS))
     with torch.no_grad():
-        z0 = posterior(model.vae, data.image_batch(idx))[0] * cfg.scale_factor
+        z0 = posterior(model.vae, batch["image"])[0] * cfg.scale_factor
         for m in cfg.modalities:
-            ctx = model.encoders[m.name](data.condition_batch(m.kind, idx))
+            ctx = model.encoders[m.name](batch[m.name])
             row = []
             for t in TS:
                 noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(t))
@@ -49,17 +54,18 @@ def main():
                 row.append(float((eps - noise).pow(2).mean()))
             print(f"{m.name:>12s}: " + " ".join(f"{v:7.4f}" for v in row))
         if args.regions:
-            by_region(model, data, idx, z0, acp, args.n)
+            by_region(model, batch, z0, acp, args.n)
 
 
-def by_region(model, data, idx, z0, acp, n) -> None:
+def by_region(model, batch, z0, acp, n) -> None:
     cfg = model.cfg
     kinds = {m.kind: m.name for m in cfg.modalities}
     mask, text = kinds["mask"], kinds["text"]
-    ctx = {name: model.encoders[name](data.condition_batch(kind, idx)) for kind, name in kinds.items()}
+    ctx = {name: model.encoders[name](batch[name]) for name in kinds.values()}
     h = z0.shape[-1]
-    side = int(data.mask_ids.shape[1] ** 0.5)
-    labels = data.mask_ids[idx].reshape(n, side, side)[:, :: side // h, :: side // h].numpy()
+    ids = batch[mask].argmax(1)  # (n, 19, 1024) one-hot -> (n, 1024) class ids
+    side = int(ids.shape[1] ** 0.5)
+    labels = ids.reshape(n, side, side)[:, :: side // h, :: side // h].numpy()
     regions = {r: np.isin(labels, ids) for r, ids in REGIONS.items()}  # (n, h, w) each
     print("per region: eps MSE mask / text, optimal mask share w*, the diffusers' mean mask weight")
     for t in TS:
