@@ -232,3 +232,5 @@ for _b in (
     Backend("onnxruntime", _ort_why_not, _ort_factory, _ort_describe),
 ):
     register_backend(_b)
+
+from . import openvino_backend  # noqa: E402,F401  (registers "openvino": its own module, issue 24)
