@@ -48,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cdx.engine import cuda_graph as CG  # noqa: E402
 from cdx.engine.runner import TorchRunner  # noqa: E402
 from cdx.engine.sampler import draw_noise, make_shaping, sample  # noqa: E402
-from cdx.engine.schedule import alphas_cumprod, linear_betas, make_table  # noqa: E402
 from cdx.engine.torch_cuda import CudaTorchRunner  # noqa: E402
 from cdx.kernels import collaborate_torch, select_kernel  # noqa: E402
 from cdx.models.collab import CollaborativeModel  # noqa: E402

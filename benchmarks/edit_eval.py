@@ -24,7 +24,7 @@ from cdx.defaults import default_checkpoint
 from cdx.engine.pipeline import encode_conditions, Request, to_uint8
 from cdx.engine.runner import TorchRunner
 from cdx.engine.sampler import draw_noise, make_shaping, sample
-from cdx.engine.schedule import alphas_cumprod, linear_betas, make_table, resolve_eta
+from cdx.models.schedule import resolve_eta
 from cdx.evaluation.nets import CLASSIFIER_ATTRS, load_eval_nets
 from cdx.models.bundle import load_bundle
 from cdx.models.masks import label_map_to_ids, save_label_map

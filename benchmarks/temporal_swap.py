@@ -28,7 +28,7 @@ import torch
 from cdx.commands.common import parse_guidance
 from cdx.defaults import default_checkpoint
 from cdx.engine.backends import make_runner
-from cdx.engine.schedule import alphas_cumprod, linear_betas, make_table, resolve_eta
+from cdx.models.schedule import resolve_eta
 from cdx.evaluation.methods import Method
 from cdx.evaluation.nets import load_eval_nets
 from cdx.evaluation.run_eval import CONDITION_SEED, evaluate, synthetic_faces

@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from cdx.cli import main
 from cdx.engine.runner import TorchRunner
 from cdx.engine.sampler import draw_noise, sample
-from cdx.engine.schedule import alphas_cumprod, linear_betas, make_table
 from cdx.evaluation.methods import METHODS, Method, run_method
 from cdx.evaluation.metrics import attribute_accuracy, fd, frechet_distance, paired_ci, pixel_accuracy
 from cdx.evaluation.nets import CLASSIFIER_ATTRS, load_eval_nets, parse_target

@@ -10,7 +10,6 @@ import torch
 
 from cdx.engine.runner import TorchRunner
 from cdx.engine.sampler import draw_noise, make_shaping
-from cdx.engine.schedule import alphas_cumprod, linear_betas, make_table
 from cdx.evaluation.methods import run_method
 from cdx.evaluation.run_eval import _contexts, synthetic_faces
 from cdx.evaluation.nets import parse_target

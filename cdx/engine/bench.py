@@ -1,4 +1,11 @@
-"""Latency benchmarks per network, per collaborative step and end to end, for any runner."""
+"""Latency benchmarks per network, per collaborative step and end to end, for several runners side by side.
+
+The runners are timed in turn, one run of each per round (round robin), so that a machine shared with
+other work slows every backend alike; each stage's number is the median over the rounds. Besides the
+medians, a report says where the time goes: the encode / loop / decode split of a request, the networks'
+own time inside the loop (calls per run x their median), what is left per step (per-call overhead and
+the ops between the networks), the first call (compiling, cache import) and the threads each runner uses.
+"""
 from __future__ import annotations
 
 import os
@@ -8,13 +15,15 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..export.onnx_export import random_inputs
-from .pipeline import Request, generate
+from .pipeline import generate, make_request, num_steps
 from .runner import Runner
 from .sampler import draw_noise, make_shaping, sample
-from .schedule import alphas_cumprod, linear_betas, make_table
+
+DEFAULT_TEXT = "This person has brown hair."
 
 
 @dataclass
@@ -24,17 +33,45 @@ class BenchResult:
     device: str
     batch: int
     steps: int
-    stage: str  # a network name, "step" or "end_to_end"
+    stage: str  # a network name, "step", "end_to_end", "first_call", or a breakdown of end_to_end
     median_ms: float
     runs: int
 
 
-def machine_info() -> dict:
-    import onnxruntime
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
 
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "torch_threads": torch.get_num_threads()}
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions that decide CPU kernel speed (from /proc/cpuinfo where there is one)."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split()
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "vnni", "f16c")))
+
+
+def cpu_model() -> str:
+    try:
+        return next(line for line in open("/proc/cpuinfo") if line.startswith("model name")).split(":")[1].strip()
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    info = {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+            "cpu_flags": cpu_flags(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    for dist in ("onnxruntime", "openvino", "triton", "cuda-python", "tensorrt"):
+        info[dist.replace("-", "_")] = _version(dist)
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]  # how shared the machine was
+    except OSError:
+        pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -43,7 +80,7 @@ def machine_info() -> dict:
 def device_name(runner: Runner) -> str:
     if runner.device.type == "cuda":
         return torch.cuda.get_device_name(runner.device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
 
 
 def _sync(runner: Runner) -> None:
@@ -51,71 +88,127 @@ def _sync(runner: Runner) -> None:
         torch.cuda.synchronize(runner.device)
 
 
-def time_median(fn: Callable[[], object], runner: Runner, runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
+def timed(fn: Callable[[], object], runner: Runner) -> float:
     _sync(runner)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        _sync(runner)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    t0 = time.perf_counter()
+    fn()
+    _sync(runner)
+    return (time.perf_counter() - t0) * 1000
 
 
-def bench_runner(runner: Runner, preset: str, batch: int, steps: int, runs: int, warmup: int,
-                 stages: tuple[str, ...] = ("networks", "step", "end_to_end"), mask: str | None = None,
-                 text: str = "This person has brown hair.", log: Callable[[str], None] | None = None
-                 ) -> list[BenchResult]:
+def bench_request(cfg, batch: int, steps: int, mask=None, text: str = DEFAULT_TEXT):
+    """The end-to-end request: every modality of the model conditioned (a random label map where no mask
+    is given, so that both collaborators and both diffusers run as in a real request)."""
+    if mask is None and any(m.kind == "mask" for m in cfg.modalities):
+        mask = np.random.default_rng(0).integers(0, 19, (32, 32)).astype(np.uint8)
+    has = {m.kind for m in cfg.modalities}
+    if not has <= {"text", "mask"}:
+        raise ValueError(f"cdx bench conditions text and mask only, not {', '.join(sorted(has - {'text', 'mask'}))}")
+    return make_request(cfg, text=text if "text" in has else None, mask=mask if "mask" in has else None, seed=0,
+                        steps=steps, batch=batch)
+
+
+def _step_call(runner: Runner, batch: int, g: torch.Generator):
     cfg = runner.cfg
-    dev = device_name(runner)
-    results = []
+    names = [m.name for m in cfg.modalities]
+    contexts = [runner.run(f"{n}_encoder", random_inputs(runner.specs[f"{n}_encoder"], batch, g))["context"]
+                for n in names]
+    table = cfg.step_table(1)
+    shaping = make_shaping(cfg, names, table, cfg.timesteps)
+    x_T, noise = draw_noise(0, batch, (cfg.latent_channels, *cfg.latent_size), 1)
+    return lambda: sample(runner, names, contexts, x_T, noise, table, shaping)
 
-    def record(stage, ms, n):
-        results.append(BenchResult(runner.backend, preset, dev, batch, steps, stage, round(ms, 3), n))
+
+def bench_runners(runners: dict[str, Runner], preset: str, batch: int, steps: int, runs: int, warmup: int,
+                  stages: tuple[str, ...] = ("networks", "step", "end_to_end"), mask=None,
+                  log: Callable[[str], None] | None = None) -> tuple[list[BenchResult], dict]:
+    """(results, where the time goes per backend) for every runner, stage by stage, round robin."""
+    results: list[BenchResult] = []
+    detail: dict[str, dict] = {name: {"threads": getattr(r, "threads", torch.get_num_threads())}
+                               for name, r in runners.items()}
+
+    def record(name, stage, ms, n):
+        results.append(BenchResult(name, preset, device_name(runners[name]), batch, steps, stage, round(ms, 3), n))
         if log:
-            log(f"{runner.backend:<12} {stage:<14} {ms:10.2f} ms")
+            log(f"{name:<16} {stage:<26} {ms:10.2f} ms")
 
-    g = torch.Generator().manual_seed(0)
+    def rounds(calls: dict[str, Callable[[], object]], stage: str, n: int = runs, first: bool = False):
+        for name, fn in calls.items():
+            ms = timed(fn, runners[name])
+            if first:
+                record(name, "first_call" if stage == "end_to_end" else f"first_call_{stage}", ms, 1)
+            for _ in range(max(0, warmup - 1)):
+                fn()
+        times = {name: [] for name in calls}
+        for _ in range(n):
+            for name, fn in calls.items():
+                times[name].append(timed(fn, runners[name]))
+        for name in calls:
+            record(name, stage, statistics.median(times[name]), n)
+        return {name: statistics.median(t) for name, t in times.items()}
+
+    net_ms: dict[str, dict[str, float]] = {name: {} for name in runners}
+    if "end_to_end" in stages:  # first: its first call is the cold start (compiling, cache import)
+        req = None
+        calls, breakdown = {}, {name: [] for name in runners}
+        for name, r in runners.items():
+            req = bench_request(r.cfg, batch, steps, mask)
+
+            def run(r=r, name=name, req=req):
+                breakdown[name].append(generate(r, req).timings)
+
+            calls[name] = run
+        e2e = rounds(calls, "end_to_end", first=True)
+        n_steps = num_steps(next(iter(runners.values())).cfg, req)
+        for name in runners:
+            timings = breakdown[name][-runs:]
+            for key in ("encode_ms", "loop_ms", "decode_ms"):
+                record(name, key.removesuffix("_ms"), statistics.median(t[key] for t in timings), runs)
+            detail[name]["loop_steps"] = n_steps
+            detail[name]["end_to_end_ms"] = e2e[name]
     if "networks" in stages:
-        for name, spec in runner.specs.items():
-            inputs = {k: v.to(runner.device) for k, v in random_inputs(spec, batch, g).items()}
-            record(name, time_median(lambda: runner.run(name, inputs), runner, runs, warmup), runs)
+        g = torch.Generator().manual_seed(0)
+        for name, r in runners.items():
+            for net, spec in r.specs.items():
+                inputs = {k: v.to(r.device) for k, v in random_inputs(spec, batch, g).items()}
+                times = [timed(lambda: r.run(net, inputs), r) for _ in range(warmup + runs)][warmup:]
+                net_ms[name][net] = statistics.median(times)
+                record(name, net, net_ms[name][net], runs)
     if "step" in stages:
-        names = [m.name for m in cfg.modalities]
-        contexts = [runner.run(f"{n}_encoder", random_inputs(runner.specs[f"{n}_encoder"], batch, g))["context"]
-                    for n in names]
-        table = cfg.step_table(1)
-        shaping = make_shaping(cfg, names, table, cfg.timesteps)
-        x_T, noise = draw_noise(0, batch, (cfg.latent_channels, *cfg.latent_size), 1)
-        ms = time_median(lambda: sample(runner, names, contexts, x_T, noise, table, shaping), runner, runs, warmup)
-        record("step", ms, runs)
-    if "end_to_end" in stages:
-        req = Request(text=text, mask=mask, seed=0, steps=steps, batch=batch)
-        e2e_runs = max(1, min(runs, 3))
-        ms = time_median(lambda: generate(runner, cfg, req), runner, e2e_runs, min(warmup, 1))
-        record("end_to_end", ms, e2e_runs)
-    return results
+        g = torch.Generator().manual_seed(0)
+        step = rounds({name: _step_call(r, batch, g) for name, r in runners.items()}, "step")
+        for name, r in runners.items():
+            detail[name]["step_ms"] = step[name]
+            per_step = sum(ms for net, ms in net_ms[name].items() if r.specs[net].kind in ("unet", "diffuser"))
+            if per_step:
+                detail[name]["networks_per_step_ms"] = round(per_step, 3)  # called one by one, each timed
+                detail[name]["outside_networks_per_step_ms"] = round(step[name] - per_step, 3)
+                loop = next((x.median_ms for x in results if (x.backend, x.stage) == (name, "loop")), None)
+                if loop is not None:  # the loop's networks called one by one vs the loop as it ran
+                    detail[name]["networks_in_loop_ms"] = round(per_step * detail[name]["loop_steps"], 3)
+                    detail[name]["outside_networks_in_loop_ms"] = round(loop - detail[name]["networks_in_loop_ms"], 3)
+    return results, detail
 
 
-def report(results: list[BenchResult]) -> dict:
-    return {"machine": machine_info(), "results": [asdict(r) for r in results]}
+def report(results: list[BenchResult], detail: dict | None = None, **extra) -> dict:
+    return {"machine": machine_info(), "results": [asdict(r) for r in results], "where_the_time_goes": detail or {},
+            **extra}
 
 
-def table_text(results: list[BenchResult]) -> str:
+def table_text(results: list[BenchResult], reference: str = "torch") -> str:
     backends = sorted({r.backend for r in results}, key=[r.backend for r in results].index)
     stages = sorted({r.stage for r in results}, key=[r.stage for r in results].index)
     by = {(r.backend, r.stage): r.median_ms for r in results}
-    lines = [f"{'stage':<16}" + "".join(f"{b:>14}" for b in backends)]
+    lines = [f"{'stage':<26}" + "".join(f"{b:>16}" for b in backends)]
     for s in stages:
-        lines.append(f"{s:<16}" + "".join(f"{by[(b, s)]:>11.1f} ms" if (b, s) in by else f"{'-':>14}"
+        lines.append(f"{s:<26}" + "".join(f"{by[(b, s)]:>13.1f} ms" if (b, s) in by else f"{'-':>16}"
                                           for b in backends))
-    if len(backends) >= 2 and ("end_to_end" in stages):
-        base = by.get((backends[0], "end_to_end"))
-        for b in backends[1:]:
-            if base and (b, "end_to_end") in by:
-                lines.append(f"end-to-end speed-up of {b} over {backends[0]}: {base / by[(b, 'end_to_end')]:.2f}x")
+    base_name = reference if reference in backends else backends[0]
+    for stage in ("end_to_end", "step"):
+        base = by.get((base_name, stage))
+        for b in backends:
+            if b != base_name and base and (b, stage) in by:
+                lines.append(f"{stage} speed-up of {b} over {base_name}: {base / by[(b, stage)]:.2f}x")
     return "\n".join(lines)
 
 

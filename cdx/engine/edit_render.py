@@ -6,13 +6,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..defaults import cache_dir
 from ..errors import CdxError
 from .pipeline import to_uint8
 from .sampler import draw_noise, make_shaping, sample
-from .schedule import alphas_cumprod, linear_betas, make_table
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ Also selectable by name (not in "all"):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from ..engine.pipeline import to_uint8
+from ..models.modalities import kind_of
 from ..engine.runner import Runner
 from ..engine.sampler import draw_noise, make_shaping
-from ..engine.schedule import alphas_cumprod, linear_betas, make_table
 from ..models.config import ModelConfig
 from ..models.masks import one_hot
 from ..models.tokenizer import Tokenizer
@@ -83,13 +83,15 @@ def paired(counts: dict[str, dict], reference: str, ref_features: np.ndarray | N
 
 
 def _contexts(runner: Runner, cfg: ModelConfig, tokenizer: Tokenizer, faces: dict, lo: int, hi: int):
-    """kind -> (modality name, context) for faces lo..hi, in model order (each encoder runs once per batch)."""
+    """kind -> (modality name, context) for faces lo..hi, in model order (each encoder runs once per batch).
+    The scored kinds are those with a metric in the modality registry (text and mask); others are not run."""
     out = {}
     for m in cfg.modalities:
-        if m.kind == "text":
+        metric = kind_of(m.kind).metric
+        if metric == "text_accuracy":
             ids, _ = tokenizer.encode(faces["captions"][lo:hi])
             ctx = runner.run(f"{m.name}_encoder", {"tokens": torch.from_numpy(ids)})["context"]
-        elif m.kind == "mask":
+        elif metric == "mask_accuracy":
             ids = faces["parse"][lo:hi].reshape(hi - lo, PARSE_SIZE * PARSE_SIZE)  # the official 32x32 ids
             ctx = runner.run(f"{m.name}_encoder", {"mask": torch.from_numpy(one_hot(ids))})["context"]
         else:

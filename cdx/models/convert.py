@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine.schedule import alphas_cumprod, linear_betas
 from ..errors import CdxError
 from .collab import CollaborativeModel
 from .config import ModelConfig

@@ -1,0 +1,83 @@
+"""The backend registry and `auto`'s choice, with the availability checks replaced."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cdx.engine import backends as B
+from cdx.errors import CdxError, InputError
+
+
+@pytest.fixture
+def registry():
+    """The registry as it is, restored after the test."""
+    saved = dict(B._REGISTRY)
+    yield B
+    B._REGISTRY.clear()
+    B._REGISTRY.update(saved)
+
+
+def req(**kw):
+    return B.BackendRequest(**{"checkpoint": "bundle", **kw})
+
+
+def test_builtin_order_and_cli_choices():
+    builtin = [n for n in B.backend_names() if n in ("tensorrt", "torch", "onnxruntime")]
+    assert builtin == ["tensorrt", "torch", "onnxruntime"]  # auto's order; others may sit between them
+    assert B.backend_choices()[0] == "auto" and set(B.backend_names()) <= set(B.backend_choices())
+
+
+def test_auto_on_a_cpu_without_engines_picks_onnxruntime(registry, monkeypatch):
+    monkeypatch.setattr(B, "_cuda_visible", lambda: False)
+    name, why = B.choose_auto(req())
+    assert name not in ("tensorrt", "torch")  # onnxruntime, or a CPU backend registered ahead of it
+    assert "no TensorRT engines" in why and "no CUDA device" in why
+
+
+def test_auto_with_a_gpu_picks_the_torch_cuda_path(registry, monkeypatch):
+    monkeypatch.setattr(B, "_cuda_visible", lambda: True)
+    assert B.choose_auto(req())[0] == "torch"
+    assert B.choose_auto(req(device="cpu"))[0] != "torch"  # auto uses torch only for the CUDA path
+    assert B.choose_auto(B.BackendRequest(engine_dir="exp"))[0] != "torch"  # no bundle to load
+
+
+def test_auto_with_usable_engines_picks_tensorrt(registry, monkeypatch):
+    monkeypatch.setattr(B, "_cuda_visible", lambda: True)
+    monkeypatch.setattr(B, "_trt_usable", lambda d: (d is not None, "TensorRT 10.1 on a GPU"))
+    assert B.choose_auto(req(engine_dir="engines"))[0] == "tensorrt"
+    assert B.choose_auto(req())[0] == "torch"
+
+
+def test_a_registered_backend_is_chosen_and_offered(registry, monkeypatch):
+    monkeypatch.setattr(B, "_cuda_visible", lambda: False)
+    made = []
+    fake = B.Backend("fake", lambda r: None if r.checkpoint else "needs a bundle",
+                     lambda r: made.append(r) or "a runner", lambda r: "fake runner")
+    registry.register_backend(fake, before="onnxruntime")
+    assert "fake" in B.backend_choices()
+    assert B.choose_auto(req())[0] == "fake"
+    runner, desc = B.make_runner("auto", "bundle")
+    assert runner == "a runner" and desc.startswith("backend: fake runner; auto chose fake")
+    assert made and made[0].checkpoint is not None
+    assert B.choose_auto(B.BackendRequest(engine_dir="exp"))[0] != "fake"
+
+
+def test_refusals_name_the_reason(registry, monkeypatch):
+    monkeypatch.setattr(B, "_cuda_visible", lambda: False)
+    with pytest.raises(InputError, match="unknown backend"):
+        B.make_runner("nonesuch", "bundle")
+    with pytest.raises(CdxError, match="tensorrt backend unavailable: no TensorRT engines"):
+        B.make_runner("tensorrt", "bundle")
+    with pytest.raises(CdxError, match="needs a CUDA device"):
+        B.make_runner("torch", "bundle", dtype=torch.float16)
+    with pytest.raises(CdxError, match="fp32 export"):
+        B.make_runner("onnxruntime", "bundle", dtype=torch.float16)
+    registry._REGISTRY.clear()
+    with pytest.raises(CdxError, match="no backend"):
+        B.choose_auto(req())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_auto_on_this_gpu_runs_the_torch_fast_path_on_four_streams(tiny_bundle):
+    runner, desc = B.make_runner("auto", tiny_bundle)
+    assert runner.backend == "torch-cuda" and runner.streams == 4 and "4 streams" in desc
