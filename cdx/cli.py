@@ -1,9 +1,11 @@
 """The `cdx` command line: thin commands over library functions, behind one error boundary."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
+import signal
 import sys
 import warnings
 
@@ -43,7 +45,7 @@ def boundary(fn):
         except (click.exceptions.Exit, click.Abort, click.ClickException):
             raise  # click's own exits and usage errors (exit 2 with the usage line)
         except KeyboardInterrupt:
-            click.echo("interrupted; nothing was written", err=True)
+            click.echo("error: interrupted; nothing was written", err=True)
             sys.exit(130)
         except Exception as e:
             if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
@@ -52,6 +54,8 @@ def boundary(fn):
                 _fail(str(e), 2)
             if isinstance(e, OSError):  # write errors, a full disk, an unwritable cache, /proc paths
                 _fail(_os_message(e), 2)
+            if _device_problem(e):  # torch's own words for a device this install cannot use
+                _fail(f"device: {str(e).strip().splitlines()[0][:200]}; use --device cpu or a CUDA build of torch", 2)
             if isinstance(e, MemoryError) or (isinstance(e, RuntimeError)
                                               and any(w in str(e).lower() for w in _OOM_WORDS)):
                 _fail("out of memory; try a smaller --batch (or a smaller model or image)", 2)
@@ -60,6 +64,14 @@ def boundary(fn):
                   f"run again with {TRACEBACK_ENV}=1 to see the traceback", 1)
 
     return wrapper
+
+
+def _device_problem(e: Exception) -> bool:
+    text = str(e)
+    return ((isinstance(e, AssertionError) and "not compiled with CUDA" in text)
+            or (isinstance(e, RuntimeError) and ("device type at start of device string" in text
+                                                 or "no CUDA GPUs are available" in text
+                                                 or "Found no NVIDIA driver" in text)))
 
 
 # The commands' decorator (kept by that name): the group below applies the same boundary to every command,
@@ -81,12 +93,19 @@ def _warn_one_line(message, category, filename, lineno, file=None, line=None):
 def main():
     """cdx: a fast inference engine for Collaborative Diffusion."""
     warnings.showwarning = _warn_one_line
+    with contextlib.suppress(ValueError):  # not the main thread (cdx embedded): leave signals alone
+        # SIGTERM unwinds like Ctrl-C, so every temporary file and folder is removed on the way out
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _register():
     from .commands import convert, export, run  # noqa: F401  (each module adds its command to `main`)
 
-    for mod in ("bench", "build_engine", "train", "data", "eval", "edit"):
+    for mod in ("bench", "build_engine", "train", "data", "eval", "edit", "serve"):
         try:
             __import__(f"{__package__}.commands.{mod}")
         except ModuleNotFoundError as e:

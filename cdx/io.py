@@ -106,6 +106,12 @@ def check_folder_target(target: str | os.PathLike, fmt: str, overwrite: bool = F
     if target.is_symlink():
         raise InputError(f"{what} {target}: is a symbolic link; give a real folder path")
     if not target.exists():
+        ancestor = target.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent  # the folders up to it are made when the artifact is written
+        if not ancestor.is_dir():
+            raise InputError(f"{what} {target}: {ancestor} is not a folder")
+        probe_writable(ancestor, f"{what} {target}")
         return
     if not target.is_dir():
         raise InputError(f"{what} {target}: exists and is not a folder; choose another path")

@@ -59,12 +59,13 @@ def load_image(path: str | os.PathLike, size: tuple[int, int]) -> torch.Tensor:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as im:
                 if im.size[0] * im.size[1] > MAX_PIXELS:  # decided from the header, before decoding
-                    raise InputError(f"--image {p}: {im.size[0]}x{im.size[1]} is too large (at most "
+                    raise InputError(f"--image {p}: {im.size[0]}x{im.size[1]} is too many pixels (at most "
                                      f"{MAX_PIXELS // 10**6} megapixels)")
                 im.load()
                 rgb = im.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"--image {p}: too many pixels to decode safely ({e.__class__.__name__})") from None
+        raise InputError(f"--image {p}: too many pixels to decode safely (at most {MAX_PIXELS // 10**6} "
+                         "megapixels)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise InputError(f"--image {p}: not a decodable RGB image ({e.__class__.__name__})") from None
     w, h = rgb.size

@@ -1,0 +1,159 @@
+"""Cache poisoning and killed runs (issue 21): the shipped model renders the same image after every attempt
+to poison the export cache; a tampered cache entry is exported again, a foreign one is left alone; the
+temporary folders of killed writers are removed by the next writer in that folder."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from hostile import CAPTION, assert_refused, cli, copy_tree, edit_json, flip_byte, snapshot
+
+from cdx.defaults import DEFAULT_MODEL
+
+WRITER = """
+import sys, time
+from cdx.io import atomic_folder
+with atomic_folder(sys.argv[1], "cdx-onnx") as tmp:
+    (tmp / "part.onnx").write_bytes(b"x" * 1000)
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+
+def render(out, cache, ckpt=None):
+    args = ["run", "--backend", "onnxruntime", "--text", CAPTION, "--steps", 2, "--seed", 3, "--out", out]
+    r = cli(*args, *(["--checkpoint", ckpt] if ckpt else []), env={"CDX_CACHE": str(cache)})
+    assert r.exit_code == 0, r.output
+    return out.read_bytes()
+
+
+def entries(cache):
+    return sorted(p.name for p in (cache / "onnx").iterdir() if not p.name.startswith("."))
+
+
+def leftovers(folder):
+    return sorted(n for n in os.listdir(folder) if ".cdx-tmp-" in n)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def shipped(cache, tmp_path_factory):
+    """The shipped model's image, rendered from the cache's first-use export."""
+    return render(tmp_path_factory.mktemp("base") / "shipped.png", cache)
+
+
+def test_poisoned_copies_of_the_shipped_model_never_reach_its_cache_entry(shipped, cache, tmp_path):
+    assert len(entries(cache)) == 1
+    copy = copy_tree(DEFAULT_MODEL, tmp_path / "copy")
+    assert render(tmp_path / "copy.png", cache, copy) == shipped  # an intact copy is the same model: warm cache
+    damages = {
+        "corrupted, size and mtime kept": lambda d: flip_byte(d / "text_unet.safetensors"),
+        "truncated": lambda d: (d / "vae.safetensors").write_bytes((d / "vae.safetensors").read_bytes()[:-9]),
+        "missing file": lambda d: (d / "mask_diffuser.safetensors").unlink(),
+    }
+    for i, (what, damage) in enumerate(damages.items()):
+        bad = copy if i == 0 else copy_tree(DEFAULT_MODEL, tmp_path / f"copy{i}")
+        damage(bad)
+        before = snapshot(tmp_path)
+        args = ["run", "--backend", "onnxruntime", "--checkpoint", bad, "--text", CAPTION, "--steps", 2,
+                "--out", tmp_path / "bad.png"]
+        assert_refused(cli(*args, env={"CDX_CACHE": str(cache)}), "safetensors")
+        assert snapshot(tmp_path) == before, what
+        assert render(tmp_path / "again.png", cache) == shipped, what
+    assert len(entries(cache)) == 1  # nothing was exported from a damaged copy
+
+
+def test_a_tampered_cache_entry_is_exported_again(shipped, cache, tmp_path):
+    from cdx.export.manifest import manifest_digest
+
+    (entry,) = entries(cache)
+    manifest = cache / "onnx" / entry / "manifest.json"
+    original = json.loads(manifest.read_text())["config"]
+
+    def unguided(m):  # the guidance the graphs were built with, edited away, digest and all
+        m["config"]["modalities"] = [{**mod, "guidance": 1.0} for mod in m["config"]["modalities"]]
+        m["digest"] = manifest_digest(m)
+        return m
+
+    edit_json(manifest, unguided)
+    assert render(tmp_path / "again.png", cache) == shipped
+    assert json.loads(manifest.read_text())["config"] == original and entries(cache) == [entry]
+
+
+def _start_writer(target):
+    p = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "writing"
+    return p
+
+
+def test_stale_temporaries_are_removed_live_ones_kept(tmp_path):
+    from cdx.io import remove_stale
+
+    dead, live = _start_writer(tmp_path / "a"), _start_writer(tmp_path / "b")
+    try:
+        dead.kill()
+        dead.wait()
+        assert len(leftovers(tmp_path)) == 4  # two temporary folders, two lock files
+        removed = remove_stale(tmp_path)
+        assert len(removed) == 1 and removed[0].startswith(".a.")
+        assert len(leftovers(tmp_path)) == 2 and all(n.startswith(".b.") for n in leftovers(tmp_path))
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_first_use_export_survives_a_killed_run_and_a_foreign_slot(tiny_bundle, tmp_path):
+    """A killed first-use export's leftovers go with the next export; a slot holding something cdx did not
+    write is left as it is and the next slot is used."""
+    from cdx.engine.export_cache import cache_key
+    from cdx.export.onnx_export import DEFAULT_OPSET
+    from cdx.models.bundle import load_bundle, verified_bundle_hash
+
+    cache = tmp_path / "cache"
+    key = cache_key(verified_bundle_hash(tiny_bundle), load_bundle(tiny_bundle).cfg, DEFAULT_OPSET)
+    foreign = cache / "onnx" / key
+    foreign.mkdir(parents=True)
+    (foreign / "manifest.json").write_text('{"format": "not cdx"}')
+    killed = _start_writer(cache / "onnx" / f"{key}-1")
+    killed.kill()
+    killed.wait()
+    assert leftovers(cache / "onnx")
+    before = snapshot(foreign)
+    render(tmp_path / "o.png", cache, tiny_bundle)
+    assert snapshot(foreign) == before and (foreign / "manifest.json").read_text() == '{"format": "not cdx"}'
+    assert entries(cache) == [key, f"{key}-1"] and leftovers(cache / "onnx") == []
+
+
+def _export_until_writing(tiny_bundle, out):
+    env = {**os.environ, "CDX_CACHE": str(out.parent / "cache")}
+    p = subprocess.Popen([sys.executable, "-m", "cdx", "export", "--checkpoint", str(tiny_bundle), "--out", str(out)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not any(n.endswith(tuple("0123456789abcdef")) and any((out.parent / n).iterdir())
+                  for n in leftovers(out.parent)):
+        assert p.poll() is None and time.monotonic() < deadline, "the export ended before it was interrupted"
+        time.sleep(0.05)
+    return p
+
+
+def test_killed_and_terminated_exports_leave_nothing_behind(tiny_bundle, tmp_path):
+    p = _export_until_writing(tiny_bundle, tmp_path / "e")
+    p.send_signal(signal.SIGTERM)  # unwinds: the run removes its own temporary folder
+    assert p.wait(timeout=300) == 130 and "Traceback" not in p.stderr.read()
+    assert leftovers(tmp_path) == [] and not (tmp_path / "e").exists()
+    p = _export_until_writing(tiny_bundle, tmp_path / "e")
+    p.kill()  # SIGKILL: nothing can run; the next writer in the folder removes what is left
+    p.wait()
+    assert leftovers(tmp_path) and not (tmp_path / "e").exists()
+    r = cli("train", "assemble", "--from-bundle", tiny_bundle, "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    assert leftovers(tmp_path) == [] and (tmp_path / "b" / "bundle.json").is_file()
