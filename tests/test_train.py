@@ -23,7 +23,7 @@ from cdx.models.masks import save_label_map
 from cdx.models.random_init import randomize
 from cdx.models.text_encoder import TextEncoderConfig
 from cdx.models.unet import UNet, UNetConfig
-from cdx.train import loop
+from cdx.train import checkpoint, loop
 from cdx.train.assemble import assemble, resample
 from cdx.train.autoencoder import VaeConfig, encode_means, load_latents, scale_factor_of, train_vae, vae_loss
 from cdx.train.collaborator import CollabConfig, eps_loss, schedule, train_collaborator, zero_init
@@ -318,7 +318,7 @@ def _mask_collaborator_run(faces, tc: TrainConfig, ckpt, resume=False, meta=None
 
 
 def _state(path):
-    tensors, doc = loop.read_checkpoint(path)
+    tensors, doc = checkpoint.read_checkpoint(path)
     return tensors, doc
 
 
@@ -326,7 +326,7 @@ def test_train_checkpoint_resume_continues_with_identical_state(faces, tmp_path)
     straight, split = tmp_path / "straight.safetensors", tmp_path / "split.safetensors"
     net_a, ema_a, res_a = _mask_collaborator_run(faces, quick(steps=6, batch=3), straight)
     _, _, res_b1 = _mask_collaborator_run(faces, quick(steps=3, batch=3), split)
-    assert res_b1.step == 3 and loop.read_checkpoint(split)[1]["step"] == 3
+    assert res_b1.step == 3 and checkpoint.read_checkpoint(split)[1]["step"] == 3
     net_b, ema_b, res_b = _mask_collaborator_run(faces, quick(steps=6, batch=3), split, resume=True)
     assert res_b.start_step == 3 and res_b.step == 6
     assert res_a.losses[3:] == res_b.losses  # the same batches, timesteps and noise after the resume
@@ -588,7 +588,7 @@ def test_train_collaborator_manifest_ignores_sampling_settings(faces, tmp_path):
     """Shaping and guidance are how a model is sampled: changing them (or reading a manifest written before
     `guidance` existed) must not make a trained collaborator stale; its architecture still must match."""
     from cdx.train.collaborator import load_collaborator
-    from cdx.train.loop import load_stage, save_stage
+    from cdx.train.checkpoint import load_stage, save_stage
 
     cfg, work = micro_config(), tmp_path / "work"
     tc = quick(steps=1)

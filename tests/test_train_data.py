@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
@@ -16,6 +15,7 @@ from cdx.models.masks import save_label_map
 from cdx.train.data import encode_sample, trainable
 from cdx.train.sources import load_image, open_source
 from cdx.train.synth import generate
+from test_train import one_thread  # noqa: F401  (autouse: one torch thread)
 
 CAPTION = "This man has beard of medium length. He is in his thirties."
 
@@ -39,14 +39,6 @@ def write_folder(root, n: int = 24, size: int = 64, seed: int = 77, masks: bool 
     else:
         (root / "captions.json").write_text(json.dumps(captions))
     return root
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_data_folder_samples_are_what_inference_makes_of_the_files(tmp_path):

@@ -23,7 +23,8 @@ from ..models.config import ModelConfig
 from . import dist
 from .data import ShardSet
 from .init import init_from_bundle
-from .loop import TrainConfig, check_same, load_stage, pick_device, save_stage, seed_everything, train
+from .checkpoint import check_same, load_stage, save_stage
+from .loop import TrainConfig, pick_device, seed_everything, train
 from .prepare import latents, posterior_means
 
 REBUILD = "cdx train vae"
@@ -136,7 +137,8 @@ def train_vae(cfg: ModelConfig, data: ShardSet, tc: TrainConfig, vc: VaeConfig, 
     with torch.no_grad():
         x = images.inputs(images.batch(range(min(256, len(images)))), device)["image"]
         rec_l1 = float((ema.decode(posterior_means(ema, x).to(device)).float() - x).abs().mean())
-    manifest = {**meta, "scale_factor": scale, "steps": res.step, "loss": res.mean_loss(), "first_losses": res.losses[:20],
+    manifest = {**meta, "scale_factor": scale, "steps": res.step, "loss": res.mean_loss(),
+                "first_losses": res.losses[:20],
                 "recon_l1_mean": rec_l1, "samples_per_s": res.steps_per_s * tc.batch,
                 "train": jsonable(asdict(tc)), "vae": jsonable(asdict(vc))}
     save_stage(work / "vae.safetensors", ema.state_dict(), manifest)

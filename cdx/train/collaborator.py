@@ -29,7 +29,8 @@ from . import dist
 from .autoencoder import jsonable, load_latents, vae_from_bundle
 from .data import ShardSet
 from .init import init_from_bundle
-from .loop import TrainConfig, check_same, load_stage, pick_device, save_stage, seed_everything, train
+from .checkpoint import check_same, load_stage, save_stage
+from .loop import TrainConfig, pick_device, seed_everything, train
 
 
 def rebuild_cmd(name: str) -> str:
@@ -162,7 +163,8 @@ def train_collaborator(cfg: ModelConfig, name: str, data: ShardSet, tc: TrainCon
     meta.update(init or {})
     ema, res = train(f"collaborator:{name}", net, loss_fn, tc, view, work / f"collab_{name}.ckpt.safetensors",
                      resume, meta, resume_same={"collab": jsonable(asdict(CollabConfig()))})
-    manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "first_losses": res.losses[:20], "samples_per_s": res.steps_per_s * tc.batch,
+    manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "first_losses": res.losses[:20],
+                "samples_per_s": res.steps_per_s * tc.batch,
                 "train": jsonable(asdict(tc))}
     out = work / f"collab_{name}.safetensors"
     save_stage(out, ema.state_dict(), manifest)

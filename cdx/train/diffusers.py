@@ -31,7 +31,8 @@ from .collaborator import (CollabConfig, checkpoint_blocks, draw_t_noise, load_c
                            snr_weighted_mse, train_collaborator, zero_init)
 from .data import ShardSet
 from .init import init_from_bundle
-from .loop import TrainConfig, check_same, load_stage, pick_device, save_stage, seed_everything, train
+from .checkpoint import check_same, load_stage, save_stage
+from .loop import TrainConfig, pick_device, seed_everything, train
 
 REBUILD = "cdx train diffusers"
 
@@ -97,7 +98,8 @@ def train_diffusers(cfg: ModelConfig, data: ShardSet, tc: TrainConfig, work: str
     meta.update(init or {})
     ema, res = train("diffusers", net, loss_fn, tc, view, work / "diffusers.ckpt.safetensors", resume, meta,
                      resume_same={"snr_weight_power": 0.0})
-    manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "first_losses": res.losses[:20], "samples_per_s": res.steps_per_s * tc.batch,
+    manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "first_losses": res.losses[:20],
+                "samples_per_s": res.steps_per_s * tc.batch,
                 "train": jsonable(asdict(tc))}
     out = work / "diffusers.safetensors"
     save_stage(out, ema.state_dict(), manifest)

@@ -1,7 +1,8 @@
 """Once per data set and autoencoder: the samples preprocessed into shards, then the latents encoded.
 
-    CACHE/<key>/manifest.json (CACHE: WORK/data by default), shard-00000.safetensors, ...    key: the source's fingerprint, the image
-        size and the modalities' encoder inputs; images uint8, conditions in their stored form (cdx.train.data)
+    CACHE/<key>/manifest.json, shard-00000.safetensors, ...    (CACHE: WORK/data unless --data-cache)
+        key: the source's fingerprint, the image size and the modalities' encoder inputs; images uint8,
+        conditions in their stored form (cdx.train.data)
     WORK/latents/<key>-<vae sha>/manifest.json, latents-00000.safetensors, ...
         the frozen autoencoder's posterior means (unscaled: the stage multiplies by the scale factor)
 
@@ -158,13 +159,14 @@ def latents(data: ShardSet, vae, vae_sha: str, work: Path, batch: int = 128) -> 
     dist.barrier()
     device = next(vae.parameters()).device
     vae.eval()
+    images = ShardSet(data.folder, images=True)  # the images alone
     shards = data.manifest["shards"]
     dist.log(f"encoding {len(data)} images to latents ({len(shards)} shard(s), {d.world} process(es))")
     for s in range(d.rank, len(shards), d.world):
         lo = int(data.starts[s])
-        means = [posterior_means(vae, data.inputs(data.batch(range(a, min(a + batch, lo + shards[s]["count"]))),
-                                                  device)["image"])
-                 for a in range(lo, lo + shards[s]["count"], batch)]
+        hi = lo + shards[s]["count"]
+        means = [posterior_means(vae, images.inputs(images.batch(range(a, min(a + batch, hi))), device)["image"])
+                 for a in range(lo, hi, batch)]
         with atomic_path(tmp / f"latents-{s:05d}.safetensors") as part:
             save_file({"latent": torch.cat(means).contiguous()}, str(part))
     dist.barrier()
