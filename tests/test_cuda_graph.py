@@ -404,18 +404,21 @@ def test_graphed_loop_cache_is_bounded_and_forgettable():
 
 
 def test_pipeline_cuda_graph_option_falls_back_on_cpu_with_the_same_image(micro_model):
-    from cdx.engine.pipeline import Request, generate
+    from cdx.engine.pipeline import generate, make_request
 
     runner = TorchRunner(micro_model)
     cfg = micro_model.cfg
-    plain = generate(runner, cfg, Request(text="This person has brown hair.", steps=1, seed=3, cuda_graph=False))
+
+    def request(cuda_graph):
+        return make_request(cfg, text="This person has brown hair.", steps=1, seed=3, cuda_graph=cuda_graph)
+
+    plain = generate(runner, request(False))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        graphed = generate(runner, cfg, Request(text="This person has brown hair.", steps=1, seed=3,
-                                                cuda_graph=True))
+        graphed = generate(runner, request(True))
     assert len(fallback_notices(caught)) == 1
     assert np.array_equal(plain.images, graphed.images)
-    assert Request().cuda_graph is None  # default: on where the runner is on CUDA
+    assert make_request(cfg, text="x").cuda_graph is None  # default: on where the runner is on CUDA
 
 
 def test_run_command_has_the_cuda_graph_switch():
