@@ -34,18 +34,14 @@ _MAX_MANIFEST = 64 << 20
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temporary path beside `path` (not yet created); rename it over `path` only if the block succeeds.
+    A killed writer's temporary is removed by the next atomic write in the same folder."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+    remove_stale(path.parent)
+    with _claim(path.parent, path.name, folder=False) as tmp:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -170,8 +166,9 @@ def _install(tmp: Path, target: Path, fmt: str, overwrite: bool, keep_existing: 
 
 
 @contextlib.contextmanager
-def _claim(parent: Path, name: str):
-    """A fresh temporary folder `.NAME.cdx-tmp-XXXX` in `parent`, its lock file held until the block ends."""
+def _claim(parent: Path, name: str, folder: bool = True):
+    """A fresh temporary path `.NAME.cdx-tmp-XXXX` in `parent` (an empty folder, or for `folder=False` a name
+    to write a file at), its lock file `.NAME.cdx-tmp-XXXX.lock` held until the block ends."""
     while True:
         stem = parent / f".{name[:96]}{TMP_TAG}{secrets.token_hex(6)}"
         lock = stem.with_name(stem.name + ".lock")
@@ -182,11 +179,12 @@ def _claim(parent: Path, name: str):
                 break  # a cleaner that saw this lock before we held it removed it: try another name
         os.close(fd)
     try:
-        stem.mkdir()
+        if folder:
+            stem.mkdir()
         yield stem
     finally:
-        shutil.rmtree(stem, ignore_errors=True)
-        shutil.rmtree(stem.with_name(stem.name + ".old"), ignore_errors=True)
+        _remove(stem)
+        _remove(stem.with_name(stem.name + ".old"))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock)
         os.close(fd)
@@ -215,7 +213,7 @@ def remove_stale(parent: str | os.PathLike) -> list[str]:
                 except BlockingIOError:
                     continue  # its writer is alive
             for member in (stem, f"{stem}.old"):
-                shutil.rmtree(parent / member, ignore_errors=True)
+                _remove(parent / member)
             if fd is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(lock)
@@ -224,6 +222,15 @@ def remove_stale(parent: str | os.PathLike) -> list[str]:
             if fd is not None:
                 os.close(fd)
     return removed
+
+
+def _remove(path: Path) -> None:
+    """Remove a temporary file or folder of ours, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            path.unlink()
 
 
 def _umask() -> int:

@@ -17,9 +17,14 @@ from cdx.defaults import DEFAULT_MODEL
 
 WRITER = """
 import sys, time
-from cdx.io import atomic_folder
-with atomic_folder(sys.argv[1], "cdx-onnx") as tmp:
-    (tmp / "part.onnx").write_bytes(b"x" * 1000)
+from cdx.io import atomic_folder, atomic_path
+if sys.argv[2] == "folder":
+    with atomic_folder(sys.argv[1], "cdx-onnx") as tmp:
+        (tmp / "part.onnx").write_bytes(b"x" * 1000)
+        print("writing", flush=True)
+        time.sleep(600)
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half an image")
     print("writing", flush=True)
     time.sleep(600)
 """
@@ -89,23 +94,30 @@ def test_a_tampered_cache_entry_is_exported_again(shipped, cache, tmp_path):
     assert json.loads(manifest.read_text())["config"] == original and entries(cache) == [entry]
 
 
-def _start_writer(target):
-    p = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True)
+def _start_writer(target, kind="folder"):
+    p = subprocess.Popen([sys.executable, "-c", WRITER, str(target), kind], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "writing"
     return p
 
 
-def test_stale_temporaries_are_removed_live_ones_kept(tmp_path):
-    from cdx.io import remove_stale
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_stale_temporaries_are_removed_live_ones_kept(tmp_path, kind):
+    from cdx.io import atomic_write_text, remove_stale
 
-    dead, live = _start_writer(tmp_path / "a"), _start_writer(tmp_path / "b")
+    dead, live = _start_writer(tmp_path / "a", kind), _start_writer(tmp_path / "b", kind)
     try:
         dead.kill()
         dead.wait()
-        assert len(leftovers(tmp_path)) == 4  # two temporary folders, two lock files
+        assert len(leftovers(tmp_path)) == 4  # two temporaries, two lock files
         removed = remove_stale(tmp_path)
         assert len(removed) == 1 and removed[0].startswith(".a.")
         assert len(leftovers(tmp_path)) == 2 and all(n.startswith(".b.") for n in leftovers(tmp_path))
+        dead = _start_writer(tmp_path / "c", kind)
+        dead.kill()
+        dead.wait()
+        atomic_write_text(tmp_path / "d.json", "{}")  # the next write in the folder clears the dead one's
+        assert all(n.startswith(".b.") for n in leftovers(tmp_path)) and (tmp_path / "d.json").read_text() == "{}"
+        assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["d.json"]
     finally:
         live.kill()
         live.wait()

@@ -88,12 +88,12 @@ def checked_config(d, source: str, rebuild: str) -> ModelConfig:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise bad(f"{type(e).__name__}: {e}") from None
     checks = [
-        (isinstance(cfg.timesteps, int) and cfg.timesteps >= 2, "timesteps"),
+        (is_count(cfg.timesteps) and 2 <= cfg.timesteps <= 100_000, "timesteps"),
         (isinstance(cfg.linear_start, (int, float)) and isinstance(cfg.linear_end, (int, float))
          and 0 < cfg.linear_start < cfg.linear_end < 1, "linear_start/linear_end"),
         (isinstance(cfg.scale_factor, (int, float)) and cfg.scale_factor > 0, "scale_factor"),
         (isinstance(cfg.eta, (int, float)) and 0 <= cfg.eta <= 1, "eta"),
-        (len(cfg.latent_size) == 2 and all(is_count(v) and v > 0 for v in cfg.latent_size), "latent_size"),
+        (len(cfg.latent_size) == 2 and all(is_count(v) and 0 < v <= 4096 for v in cfg.latent_size), "latent_size"),
         (len(cfg.modalities) >= 1 and len({m.name for m in cfg.modalities}) == len(cfg.modalities), "modalities"),
     ]
     from .modalities import kinds
