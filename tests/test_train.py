@@ -639,3 +639,25 @@ def test_train_cli_refuses_hostile_options_before_any_work(tmp_path):
     r = CliRunner().invoke(main, ["train", "collaborator", "--modality", "text", "--work", str(work),
                                   "--snr-weight-power", "inf"])
     assert r.exit_code == 2 and "--snr-weight-power must be >= 0 and <= 4" in r.output
+
+
+def test_train_prepared_folders_made_twice_at_once_keep_one_copy(faces, tmp_path):
+    """Two runs preparing the same data side by side (two collaborators at once) write into temporary folders of
+    their own; the second to finish keeps the first's folder; a killed run's leftover is removed by the next."""
+    from cdx.io import _claim
+    from cdx.train import prepare as prep
+
+    target = tmp_path / "set"
+    with _claim(tmp_path, target.name) as a, _claim(tmp_path, target.name) as b:
+        assert a != b and a.parent == b.parent == tmp_path
+        for tmp in (a, b):
+            (tmp / "manifest.json").write_text((faces.folder / "manifest.json").read_text())
+        prep._install(a, target, "cdx-train-data")
+        prep._install(b, target, "cdx-train-data")  # already there: kept
+        assert (target / "manifest.json").is_file() and not a.exists() and b.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # nothing left behind
+    prepared(tmp_path / "cache")
+    leftover = tmp_path / "cache" / f".x{prep.TMP_TAG}0123456789ab"  # a killed run's, no lock held
+    leftover.mkdir()
+    prepared(tmp_path / "cache", seed=4)
+    assert not leftover.exists()

@@ -152,7 +152,8 @@ def _config(o: dict):
     from ..models.bundle import read_manifest
     from ..models.config import ModelConfig
 
-    return ModelConfig.from_dict(read_manifest(o["init_from"])["config"])
+    cfg = ModelConfig.from_dict(read_manifest(o["init_from"])["config"])
+    return cfg.with_guidance({m.name: 1.0 for m in cfg.modalities})  # sampling settings are assemble's to set
 
 
 def _train_config(o: dict, stage: str, max_minutes):

@@ -63,11 +63,29 @@ def barrier() -> None:
         tdist.barrier()
 
 
-def all_sum(t: torch.Tensor) -> torch.Tensor:
-    """The sum of `t` over the processes (in place; `t` itself in the one-process case)."""
-    if current().world > 1:
-        tdist.all_reduce(t, op=tdist.ReduceOp.SUM)
+def _on_backend(t: torch.Tensor) -> torch.Tensor:
+    """`t` where the backend can reduce it: NCCL reduces CUDA tensors only, gloo CPU ones."""
+    if tdist.get_backend() == "nccl":
+        return t.to(torch.device("cuda", torch.cuda.current_device()))
     return t
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of CPU tensor `t` over the processes, on the CPU (`t` itself in the one-process case)."""
+    if current().world == 1:
+        return t
+    on = _on_backend(t)
+    tdist.all_reduce(on, op=tdist.ReduceOp.SUM)
+    return on.cpu()
+
+
+def broadcast_int(value: int) -> int:
+    """Rank 0's `value` on every process."""
+    if current().world == 1:
+        return value
+    t = _on_backend(torch.tensor([value], dtype=torch.int64))
+    tdist.broadcast(t, src=0)
+    return int(t[0].cpu())
 
 
 def log(msg: str) -> None:

@@ -6,8 +6,9 @@
     WORK/latents/<key>-<vae sha>/manifest.json, latents-00000.safetensors, ...
         the frozen autoencoder's posterior means (unscaled: the stage multiplies by the scale factor)
 
-Each folder is written under a temporary name beside it and renamed into place when complete, so an
-interrupted run leaves nothing a later one would read. The samples are prepared by `workers` processes on
+Each folder is written under a temporary name of its own beside it and renamed into place when complete,
+so an interrupted run leaves nothing a later one would read, and two runs making the same folder at once
+(two collaborators trained side by side) both succeed with one copy. The samples are prepared by `workers` processes on
 the main rank; the latents are encoded by every rank, shard s by rank s mod world.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import InputError
-from ..io import atomic_path, atomic_write_text
+from ..io import TMP_TAG, _claim, atomic_path, atomic_write_text, remove_stale
 from ..models.modalities import kind_of
 from . import dist
 from .data import DATA_FORMAT, DATA_VERSION, ShardSet, encode_sample, read_manifest
@@ -85,7 +86,13 @@ def prepare(source: Source, mods, size: int, cache: Path, skip_bad: bool = False
 
 
 def _write_data(source, mods, size, folder: Path, skip_bad: bool, workers: int) -> None:
-    tmp = _fresh(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(folder.parent)  # what killed runs left
+    with _claim(folder.parent, folder.name) as tmp:  # ours alone while we hold its lock
+        _write_shards(source, mods, size, folder, tmp, skip_bad, workers)
+
+
+def _write_shards(source, mods, size, folder: Path, tmp: Path, skip_bad: bool, workers: int) -> None:
     bounds = list(range(0, len(source), SHARD)) + [len(source)]
     jobs = [(source, lo, hi, list(mods), size) for lo, hi in zip(bounds[:-1], bounds[1:])]
     dist.log(f"preparing {len(source)} samples of {source.describe()} at {size}px ({len(jobs)} shard(s))")
@@ -120,18 +127,19 @@ def _write_data(source, mods, size, folder: Path, skip_bad: bool, workers: int) 
                     "modalities": {m.name: m.kind for m in mods}, "shards": shards,
                     "skipped": [{"name": p.name, "reason": p.reason} for p in source.problems + problems]}
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
-        os.replace(tmp, folder)
+        _install(tmp, folder, DATA_FORMAT)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _fresh(folder: Path) -> Path:
-    """An empty `.<name>.partial` folder beside `folder` (a killed run's leftover of the same name is ours)."""
-    tmp = folder.with_name(f".{folder.name}.partial")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
+def _install(tmp: Path, folder: Path, fmt: str) -> None:
+    """Rename the complete `tmp` to `folder`; when another run installed it first, keep theirs (equal)."""
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        if not (folder / "manifest.json").is_file():
+            raise
+        read_manifest(folder, fmt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,10 +160,22 @@ def latents(data: ShardSet, vae, vae_sha: str, work: Path, batch: int = 128) -> 
     if (folder / "manifest.json").is_file():
         read_manifest(folder, LATENTS_FORMAT)
         return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if dist.is_main():
+        remove_stale(folder.parent)
+        with _claim(folder.parent, folder.name) as tmp:  # held by rank 0 while every rank writes into it
+            dist.broadcast_int(int(tmp.name.rsplit(TMP_TAG, 1)[1], 16))
+            _encode(data, vae, vae_sha, folder, tmp, batch)
+    else:
+        token = dist.broadcast_int(0)
+        _encode(data, vae, vae_sha, folder, folder.with_name(f".{folder.name[:96]}{TMP_TAG}{token:012x}"), batch)
+    dist.barrier()
+    return folder
+
+
+def _encode(data: ShardSet, vae, vae_sha: str, folder: Path, tmp: Path, batch: int) -> None:
+    """This rank's shards of the latents into `tmp`; rank 0 then installs `tmp` as `folder`."""
     d = dist.current()
-    tmp = folder.with_name(f".{folder.name}.partial")
-    if d.rank == 0:
-        _fresh(folder)
     dist.barrier()
     device = next(vae.parameters()).device
     vae.eval()
@@ -174,6 +194,4 @@ def latents(data: ShardSet, vae, vae_sha: str, work: Path, batch: int = 128) -> 
         manifest = {"format": LATENTS_FORMAT, "version": DATA_VERSION, "data": data.folder.name,
                     "vae_sha256": vae_sha, "shards": len(shards)}
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
-        os.replace(tmp, folder)
-    dist.barrier()
-    return folder
+        _install(tmp, folder, LATENTS_FORMAT)
