@@ -22,3 +22,14 @@ def cache_dir() -> Path:
         return Path(os.environ["CDX_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "cdx"
+
+
+def cache_subdir(*parts: str) -> Path:
+    """A folder in the cache, created if needed; an unusable cache is a one-line CdxError."""
+    root = cache_dir().joinpath(*parts)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CdxError(f"cannot use the cache folder {root} ({e.strerror or e}); set CDX_CACHE to a writable "
+                       "folder") from None
+    return root

@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..defaults import cache_dir
+from ..defaults import cache_subdir
 from ..errors import CdxError, StaleArtifactError
 from ..models.bundle import load_bundle, read_manifest, verified_bundle_hash
 from ..models.config import ModelConfig
@@ -34,7 +34,7 @@ def cached_export(checkpoint: Path, progress=None, guidance: dict[str, float] | 
     digest = verified_bundle_hash(checkpoint)  # every file against bundle.json (hashed once, then by stat)
     cfg = _guided_cfg(ModelConfig.from_dict(read_manifest(checkpoint)["config"]), guidance)
     key = cache_key(digest, cfg, DEFAULT_OPSET)
-    root = _cache_root()
+    root = cache_subdir("onnx")
     for slot in range(SLOTS):
         folder = root / (key if slot == 0 else f"{key}-{slot}")
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
@@ -56,16 +56,6 @@ def cached_export(checkpoint: Path, progress=None, guidance: dict[str, float] | 
         return folder
     raise CdxError(f"the export cache {root} holds files cdx did not write under the key {key}; move them away "
                    "(or set CDX_CACHE to another folder)")
-
-
-def _cache_root() -> Path:
-    root = cache_dir() / "onnx"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CdxError(f"cannot use the cache folder {root} ({e.strerror or e}); set CDX_CACHE to a writable "
-                       "folder") from None
-    return root
 
 
 def _guided_cfg(cfg, guidance: dict[str, float] | None):

@@ -63,7 +63,7 @@ def load_image(path: str | os.PathLike, size: tuple[int, int]) -> torch.Tensor:
                                      f"{MAX_PIXELS // 10**6} megapixels)")
                 im.load()
                 rgb = im.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InputError(f"--image {p}: too many pixels to decode safely (at most {MAX_PIXELS // 10**6} "
                          "megapixels)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
