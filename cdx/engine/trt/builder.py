@@ -161,8 +161,11 @@ def _build_plan(trt, job: BuildJob, timing_cache: Path, plan_file: Path, workspa
     try:
         engine = engine_from_network(network, config=config, save_timing_cache=str(timing_cache))
         save_engine(engine, path=str(plan_file))
-    except PolygraphyException as e:
-        raise CdxError(f"TensorRT could not build {job.name}: {first_line(e)} (its log above says why)") from None
+    except CdxError:
+        raise
+    except Exception as e:  # PolygraphyException, or TensorRT's own (e.g. an unreadable timing cache)
+        why = first_line(e) if isinstance(e, PolygraphyException) else f"{type(e).__name__}: {first_line(e)}"
+        raise CdxError(f"TensorRT could not build {job.name}: {why} (its log above says why)") from None
 
 
 def build_engines(onnx_dir, out_dir, fp16: bool = True, batch: Batch = (1, 1, 4), static: bool = False,
