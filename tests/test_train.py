@@ -527,6 +527,21 @@ def test_train_init_from_a_bundle_starts_every_stage_from_its_weights(faces, tmp
     assert {v["loss"] for v in stages.values()} == {None}  # no step ran: null, not NaN
     json.loads((again / "bundle.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in bundle.json"))
 
+    # Algorithm 1 over a bundle's collaborators: an empty work folder gets the bundle's autoencoder and
+    # collaborators (frozen, zero steps) and new diffusers; the assembled bundle has the bundle's collaborators
+    work3, over = tmp_path / "work3", tmp_path / "over"
+    train_diffusers(cfg, faces, dataclasses.replace(tc, init_from=str(src)), work3, init_diffusers=False)
+    assert sorted(p.name for p in work3.glob("*.safetensors") if "ckpt" not in p.name) == [
+        "collab_mask.safetensors", "collab_text.safetensors", "diffusers.safetensors", "vae.safetensors"]
+    dmeta = json.loads(_stage_doc(work3 / "diffusers.safetensors"))
+    assert dmeta["steps"] == 2 and "init_from" not in dmeta  # new diffusers, not the bundle's
+    assemble(cfg, work3, over)
+    a, b = load_bundle(src).networks(), load_bundle(over).networks()
+    for key in a:
+        same = all(torch.equal(a[key].state_dict()[k], v) for k, v in b[key].state_dict().items())
+        assert same == ("diffuser" not in key), key
+    assert load_bundle(over).cfg.scale_factor == load_bundle(src).cfg.scale_factor
+
     # a few steps from the bundle move the weights, starting from them
     tc2 = dataclasses.replace(tc, steps=2, init_from=str(src))
     train_collaborator(cfg, "text", faces, tc2, CollabConfig(), work2)
@@ -536,6 +551,13 @@ def test_train_init_from_a_bundle_starts_every_stage_from_its_weights(faces, tmp
         dataclasses.replace(m, unet=dataclasses.replace(m.unet, model_channels=64)) for m in cfg.modalities))
     with pytest.raises(InputError, match="does not match this preset"):
         train_collaborator(other, "mask", faces, tc0, CollabConfig(), work2)
+
+
+def _stage_doc(path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()["cdx_stage"]
 
 
 def _dtypes(path):
