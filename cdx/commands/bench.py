@@ -33,7 +33,9 @@ def random_bundle(preset: str) -> Path:
 @main.command()
 @checkpoint_option
 @click.option("--preset", default=None, help="Bench a preset with random weights instead (e.g. official-256).")
-@click.option("--backends", default="torch,onnxruntime", show_default=True)
+@click.option("--backends", default="torch,onnxruntime", show_default=True,
+              help="Comma-separated backends, or all (every registered one that can run here; the others are "
+                   "listed with the reason).")
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--steps", type=int, default=10, show_default=True)
 @click.option("--runs", type=int, default=5, show_default=True)
@@ -51,9 +53,9 @@ def bench(checkpoint, preset, backends, batch, steps, runs, warmup, stages, mask
     """Median latency after warm-up, side by side for several backends."""
     from ..defaults import default_checkpoint
     from ..devices import check_device
-    from ..engine.backends import BACKENDS, make_runner
-    from ..engine.bench import bench_runner, plot, report, table_text
-    from ..errors import InputError
+    from ..engine.backends import backend_names, make_runner
+    from ..engine.bench import bench_runners, plot, report, table_text
+    from ..errors import CdxError, InputError
     from ..io import atomic_write_text, check_output_file
 
     if checkpoint and preset:
@@ -65,10 +67,11 @@ def bench(checkpoint, preset, backends, batch, steps, runs, warmup, stages, mask
             import matplotlib  # noqa: F401
         except ImportError:
             raise InputError("--plot needs matplotlib (pip install matplotlib); drop --plot to bench without it") from None
-    names = [b.strip() for b in backends.split(",") if b.strip()]
-    unknown = [b for b in names if b not in BACKENDS]
+    every = backends.strip() == "all"
+    names = backend_names() if every else [b.strip() for b in backends.split(",") if b.strip()]
+    unknown = [b for b in names if b not in backend_names()]
     if not names or unknown:
-        raise InputError(f"--backends {backends}: choose from {', '.join(BACKENDS)}")
+        raise InputError(f"--backends {backends}: choose from all, {', '.join(backend_names())}")
     if device is not None:
         check_device(device)
     if mask is not None:
@@ -82,17 +85,27 @@ def bench(checkpoint, preset, backends, batch, steps, runs, warmup, stages, mask
     if not stage_set or not set(stage_set) <= set(STAGES):
         raise InputError(f"--stages {stages}: choose from {', '.join(STAGES)}")
     ckpt = random_bundle(preset) if preset else (checkpoint or default_checkpoint())
-    results = []
+    runners, skipped = {}, {}
     for backend in names:
-        runner, desc = make_runner(backend, ckpt, engine_dir, device,
-                                   progress=lambda n: click.echo(f"exporting {n} to ONNX (first use)", err=True))
+        try:
+            runner, desc = make_runner(backend, ckpt, engine_dir, device,
+                                       progress=lambda n: click.echo(f"exporting {n} to ONNX (first use)", err=True))
+        except CdxError as e:
+            if not every:
+                raise
+            skipped[backend] = str(e)
+            click.echo(f"skipped {backend}: {e}", err=True)
+            continue
         click.echo(desc, err=True)
-        results += bench_runner(runner, preset or runner.cfg.preset, batch, steps, runs, warmup, stage_set,
-                                mask=str(mask) if mask else None, log=lambda s: click.echo(s, err=True))
-        del runner
+        runners[backend] = runner
+    if not runners:
+        raise CdxError("no backend could run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    results, detail = bench_runners(runners, preset or next(iter(runners.values())).cfg.preset, batch, steps, runs,
+                                    warmup, stage_set, mask=mask, log=lambda s: click.echo(s, err=True))
     click.echo(table_text(results))
     if json_path:
-        atomic_write_text(json_path, json.dumps(report(results), indent=1))
+        atomic_write_text(json_path, json.dumps(report(results, detail, skipped=skipped, runs=runs, warmup=warmup),
+                                                indent=1))
         click.echo(f"wrote {json_path}")
     if plot_path:
         plot(results, plot_path)
