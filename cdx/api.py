@@ -35,6 +35,7 @@ class Output:
     timings: dict[str, float]  # encode_ms, loop_ms, decode_ms
     backend: str  # what it ran on, in one line
     influence: np.ndarray | None = None  # (N, M, B, h, w) float32 per-pixel weights, when asked
+    intermediates: np.ndarray | None = None  # (N, B, H, W, 3) uint8 decoded predicted x0 per step, when asked
     arrays: np.ndarray = field(default=None, repr=False)  # (B, H, W, 3) uint8, the same pixels as `images`
 
 
@@ -58,11 +59,12 @@ class Pipeline:
     @classmethod
     def load(cls, checkpoint: str | os.PathLike | None = None, backend: str = "auto", device: str | None = None,
              dtype: str | torch.dtype | None = None, engine_dir: str | os.PathLike | None = None,
-             guidance: Mapping[str, float] | None = None,
+             guidance: Mapping[str, float] | None = None, freeu: Sequence[float] | str | None = None,
              progress: Callable[[str], None] | None = None, **options) -> "Pipeline":
         """Load a bundle (None: the shipped model) on a backend ("auto": the fastest usable here, see
         `cdx.engine.backends`). `engine_dir` runs an export or TensorRT engine folder; `guidance`
-        {modality: scale} overrides the bundle's classifier-free guidance; `progress` gets one-line notices
+        {modality: scale} overrides the bundle's classifier-free guidance; `freeu` (b1, b2, s1, s2) or
+        "b1,b2,s1,s2" switches FreeU on the collaborators' decoders; `progress` gets one-line notices
         (first-use export). `options` go to the backend (e.g. streams=4 for the torch CUDA path)."""
         from .defaults import default_checkpoint
         from .engine.backends import make_runner
@@ -72,10 +74,14 @@ class Pipeline:
         if ckpt is None and eng is None:
             ckpt = default_checkpoint()
         dt = _dtype(dtype)
+        fu = _freeu(freeu)
+
+        def exporting(network):  # the first-use export names each network as it goes
+            progress(f"exporting {network} to ONNX (first use)")
 
         def make(g):
-            return make_runner(backend, ckpt, eng, device, dt, progress=progress, guidance=dict(g) if g else None,
-                               **options)
+            return make_runner(backend, ckpt, eng, device, dt, progress=exporting if progress else None,
+                               guidance=dict(g) if g else None, freeu=fu, **options)
 
         if guidance is not None:
             _check_guidance_values(guidance)
@@ -111,15 +117,17 @@ class Pipeline:
                  steps: int = 50, batch: int | None = None, sampler: str = "ddim", eta: float | None = None,
                  shaping: bool | None = None, guidance: Mapping[str, float] | None = None,
                  return_influence: bool = False, callback: Callable[[int, int], None] | None = None,
-                 conditions: Mapping[str, Any] | None = None, cuda_graph: bool | None = None) -> Output:
+                 conditions: Mapping[str, Any] | None = None, return_intermediates: bool = False,
+                 cuda_graph: bool | None = None) -> Output:
         """Generate faces. `text` a caption; `mask` a label-map PNG path, a PIL label map or an (H, W) array
         of class ids 0..18; `conditions` {modality: value} any modality by name. Each may be a list, one per
         item; `seed` too (a single seed with batch=n gives seeds seed..seed+n-1). Item i draws its noise
         from its own generator, so it is the image its request gives alone. `callback(i, total)` after each
-        step; `guidance` {modality: scale} for this call (an export is made for new scales on first use)."""
+        step; `guidance` {modality: scale} for this call (an export is made for new scales on first use);
+        `return_intermediates` adds each step's decoded predicted x0."""
         req = make_request(self.cfg, text=text, mask=mask, conditions=conditions, seed=seed, steps=steps,
-                           batch=batch, sampler=sampler, eta=eta, shaping=shaping,
-                           return_influence=return_influence, cuda_graph=cuda_graph)
+                           batch=batch, sampler=sampler, eta=eta, shaping=shaping, return_influence=return_influence,
+                           return_intermediates=return_intermediates, cuda_graph=cuda_graph)
         return self.generate(req, guidance=guidance, callback=callback)
 
     def generate(self, request: Request, guidance: Mapping[str, float] | None = None,
@@ -140,7 +148,7 @@ class Pipeline:
             influence = result.loop.influence[:, :, :, 0].float().cpu().numpy()
         return Output(images=[Image.fromarray(a) for a in result.images], seeds=list(result.seeds),
                       modalities=result.modalities, timesteps=result.timesteps, timings=result.timings,
-                      backend=desc, influence=influence, arrays=result.images)
+                      backend=desc, influence=influence, intermediates=result.intermediates, arrays=result.images)
 
 
 def config_of(checkpoint: str | os.PathLike | None = None, engine_dir: str | os.PathLike | None = None):
@@ -164,6 +172,22 @@ def config_of(checkpoint: str | os.PathLike | None = None, engine_dir: str | os.
     if not (folder / "manifest.json").is_file():
         raise StaleArtifactError(f"{folder}: neither an export (manifest.json) nor an engine folder (engines.json)")
     return ModelConfig.from_dict(read_export_manifest(folder, verify_files=False)["config"])
+
+
+def _freeu(freeu) -> tuple[float, float, float, float] | None:
+    """FreeU's factors, checked (cdx.models.freeu.FreeU); None: off."""
+    if freeu is None:
+        return None
+    from .models.freeu import FreeU, parse_freeu
+
+    if isinstance(freeu, str):
+        f = parse_freeu(freeu)
+    else:
+        values = list(freeu) if isinstance(freeu, (list, tuple)) else []
+        if len(values) != 4:
+            raise InputError(f"freeu {freeu!r}: give four numbers b1, b2, s1, s2 (official: 1.1, 1.2, 1, 1)")
+        f = FreeU(*values)
+    return (f.b1, f.b2, f.s1, f.s2)
 
 
 def _check_guidance_values(guidance) -> None:

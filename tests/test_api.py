@@ -182,3 +182,25 @@ def test_readme_api_example_runs_as_written(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     written = [p for p in tmp_path.iterdir() if p.suffix == ".png" and p.name not in mask_names]
     assert written and all(Image.open(p).size == (64, 64) for p in written)
+
+
+def test_freeu_through_onnxruntime_matches_torch_and_changes_the_image(tiny_bundle, tmp_path, monkeypatch,
+                                                                       mask_png):
+    monkeypatch.setenv("CDX_CACHE", str(tmp_path / "cache"))
+    args = dict(text=CAPTIONS[1], mask=mask_png, seed=4, steps=3)
+    on_torch = cdx.Pipeline.load(tiny_bundle, backend="torch", freeu=(1.4, 1.6, 0.6, 0.4))(**args)
+    on_ort = cdx.Pipeline.load(tiny_bundle, backend="onnxruntime", freeu="1.4,1.6,0.6,0.4")(**args)
+    off = cdx.Pipeline.load(tiny_bundle, backend="onnxruntime")(**args)
+    assert psnr(on_torch.arrays[0], on_ort.arrays[0]) >= 40
+    assert psnr(on_ort.arrays[0], off.arrays[0]) < 40
+    with pytest.raises(cdx.InputError):
+        cdx.Pipeline.load(tiny_bundle, backend="torch", freeu=(1, 2))
+
+
+def test_intermediates_are_each_steps_predicted_x0(pipe, masks):
+    out = pipe(text=CAPTIONS[0], mask=masks[0], seed=2, steps=4, batch=2, return_intermediates=True)
+    n = len(out.timesteps)
+    assert out.intermediates.shape == (n, 2, 64, 64, 3) and out.intermediates.dtype == np.uint8
+    # at the last step (t = 1) the prediction is all but the final image; at the first it is far from it
+    assert psnr(out.intermediates[-1, 1], out.arrays[1]) > psnr(out.intermediates[0, 1], out.arrays[1])
+    assert psnr(out.intermediates[-1, 0], out.arrays[0]) >= 30

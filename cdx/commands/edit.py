@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from ..cli import friendly, main
+from ..engine.backends import backend_choices
 from ..train.edit import EditConfig
 from .common import check_output_path, checkpoint_option, grid, guidance_option, parse_guidance, save_image
 
@@ -16,7 +17,7 @@ from .common import check_output_path, checkpoint_option, grid, guidance_option,
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="Target label-map PNG.")
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @checkpoint_option
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime", "tensorrt"]), default="auto",
+@click.option("--backend", type=click.Choice(backend_choices()), default="auto",
               show_default=True)
 @click.option("--engine-dir", type=click.Path(path_type=Path), default=None, help="TensorRT engines to refit.")
 @click.option("--alpha", default="0.9", show_default=True,
@@ -78,7 +79,7 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
     check_output_path(out)
     if save_influence:
         check_output_path(save_influence, "--save-influence")
-    backend = edit_backend(backend, engine_dir)  # before minutes of optimisation
+    backend = edit_backend(backend, engine_dir, checkpoint)  # before minutes of optimisation
     ckpt = checkpoint or default_checkpoint()
     model = load_bundle(ckpt)
     model.cfg = _guided_cfg(model.cfg, guidance)  # sampling only: the optimisation is unguided either way

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..cli import friendly, main
+from ..engine.backends import backend_choices
 from .common import checkpoint_option, guidance_option, parse_guidance
 
 
@@ -19,7 +20,7 @@ def _check_writable(path: Path | None, flag: str) -> None:
 
 @main.command("eval")
 @checkpoint_option
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(backend_choices()), default="auto", show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (torch backend).")
 @click.option("--n", "n", type=int, default=128, show_default=True, help="Test conditions (caption + mask).")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -63,6 +63,10 @@ def check_distinct(outputs: dict[str, Path], inputs: dict[str, Path]) -> None:
               help="PNG grid of item 0's influence maps: a row per modality, a column per chosen step.")
 @click.option("--influence-steps", type=int, default=10, show_default=True,
               help="How many steps (columns) the influence grid shows.")
+@click.option("--save-intermediates", type=click.Path(path_type=Path), default=None,
+              help="PNG grid of each step's predicted x0 (rows: t, columns: items).")
+@click.option("--freeu", default=None, metavar="B1,B2,S1,S2",
+              help="FreeU on the collaborators' decoders, e.g. 1.1,1.2,1,1 (off by default).")
 @click.option("--device", default=None, help="cpu or cuda (torch and onnxruntime backends).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="Network precision of the torch backend (default: fp16 on CUDA, fp32 on the CPU).")
@@ -70,7 +74,7 @@ def check_distinct(outputs: dict[str, Path], inputs: dict[str, Path]) -> None:
               help="Replay each denoising step from a CUDA graph (default: on for CUDA devices).")
 @friendly
 def run(text, mask, conds, out, checkpoint, backend, engine_dir, seed, steps, eta, sampler, batch, shaping, guidance,
-        grid_path, save_influence, influence_steps, device, dtype, cuda_graph):
+        grid_path, save_influence, influence_steps, save_intermediates, freeu, device, dtype, cuda_graph):
     """Generate faces that follow a caption and a mask."""
     from tqdm import tqdm
 
@@ -78,7 +82,7 @@ def run(text, mask, conds, out, checkpoint, backend, engine_dir, seed, steps, et
     import torch
 
     from ..engine.request import check_int, check_memory, make_request
-    from ..render import influence_grid, item_paths
+    from ..render import influence_grid, intermediates_grid, item_paths
 
     guidance = parse_guidance(guidance)
     conditions = parse_conds(conds)
@@ -86,7 +90,8 @@ def run(text, mask, conds, out, checkpoint, backend, engine_dir, seed, steps, et
     check_int(batch, "--batch", 1, 1 << 20)
     paths = item_paths(out, batch)
     outputs = {("--out" if len(paths) == 1 else f"--out (item {i})"): p for i, p in enumerate(paths)}
-    for what, p in (("--grid", grid_path), ("--save-influence", save_influence)):
+    for what, p in (("--grid", grid_path), ("--save-influence", save_influence),
+                    ("--save-intermediates", save_intermediates)):
         if p is not None:
             outputs[what] = p
     for what, p in outputs.items():
@@ -97,9 +102,9 @@ def run(text, mask, conds, out, checkpoint, backend, engine_dir, seed, steps, et
     cfg = config_of(checkpoint, engine_dir)
     req = make_request(cfg, text=text, mask=mask, conditions=conditions, seed=seed, steps=steps, batch=batch,
                        sampler=sampler, eta=eta, shaping=shaping, return_influence=save_influence is not None,
-                       cuda_graph=cuda_graph)
+                       return_intermediates=save_intermediates is not None, cuda_graph=cuda_graph)
     check_memory(cfg, req, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
-    pipe = Pipeline.load(checkpoint, backend, device, dtype, engine_dir, guidance or None,
+    pipe = Pipeline.load(checkpoint, backend, device, dtype, engine_dir, guidance or None, freeu=freeu,
                          progress=lambda msg: click.echo(msg, err=True))
     click.echo(pipe.description, err=True)
     with tqdm(desc="denoising", unit="step", leave=False) as bar:
@@ -124,3 +129,6 @@ def run(text, mask, conds, out, checkpoint, backend, engine_dir, seed, steps, et
                                                   columns=influence_steps))
         click.echo(f"wrote {save_influence} (rows: {', '.join(result.modalities)}; columns: t from "
                    f"{result.timesteps[0]} to {result.timesteps[-1]}; white = weight 1)")
+    if save_intermediates is not None:
+        save_image(save_intermediates, intermediates_grid(result.intermediates, result.timesteps, rows=10))
+        click.echo(f"wrote {save_intermediates} (predicted x0; rows: t, columns: items)")

@@ -29,6 +29,7 @@ class BackendRequest:
     device: str | None = None
     dtype: torch.dtype | None = None
     guidance: dict[str, float] | None = None
+    freeu: tuple[float, float, float, float] | None = None  # FreeU's (b1, b2, s1, s2); None: the model's
     progress: Callable[[str], None] | None = None
     options: dict = field(default_factory=dict)  # backend-specific, e.g. {"streams": 4}
 
@@ -77,12 +78,13 @@ def choose_auto(req: BackendRequest) -> tuple[str, str]:
 
 def make_runner(backend: str, checkpoint: Path | None, engine_dir: Path | None = None, device: str | None = None,
                 dtype: torch.dtype | None = None, progress=None, guidance: dict[str, float] | None = None,
-                **options) -> tuple[Runner, str]:
+                freeu: tuple | None = None, **options) -> tuple[Runner, str]:
     """Returns (runner, one-line description of the choice). `guidance` {modality: scale} overrides the
-    bundle's classifier-free guidance scales (cdx.models.guidance)."""
+    bundle's classifier-free guidance scales (cdx.models.guidance), `freeu` (b1, b2, s1, s2) switches FreeU on
+    the collaborators (cdx.models.freeu)."""
     req = BackendRequest(Path(checkpoint) if checkpoint is not None else None,
                          Path(engine_dir) if engine_dir is not None else None, device, dtype, guidance or None,
-                         progress, options)
+                         tuple(freeu) if freeu else None, progress, options)
     if device is not None:
         from ..devices import check_device
 
@@ -101,6 +103,14 @@ def make_runner(backend: str, checkpoint: Path | None, engine_dir: Path | None =
 
 
 # ----------------------------------------------------------------------------- shared checks
+
+def _check_built_in(runner, req: BackendRequest) -> None:
+    """An export or engine folder has its guidance and FreeU built in: refuse a request for others."""
+    _check_guidance(runner, req.guidance, req.engine_dir)
+    if req.freeu is not None and runner.cfg.freeu != req.freeu:
+        raise CdxError(f"{req.engine_dir} was exported with FreeU {runner.cfg.freeu or 'off'}, not {req.freeu}; run "
+                       "from the checkpoint (--checkpoint) or export again")
+
 
 def _check_guidance(runner, guidance: dict[str, float] | None, where: Path) -> None:
     """An export or engine folder has its guidance built in: refuse a request for other scales."""
@@ -146,7 +156,7 @@ def _torch_auto_why_not(req: BackendRequest) -> str | None:
 def _torch_factory(req: BackendRequest) -> Runner:
     dev = _torch_device(req)
     model = load_bundle(req.checkpoint)
-    model.cfg = _guided_cfg(model.cfg, req.guidance)
+    model.cfg = _guided_cfg(model.cfg, req.guidance).with_freeu(req.freeu)
     if dev.type == "cuda":  # the fast path: SDPA attention, fused kernel, CUDA graphs, the step on 4 streams
         from .torch_cuda import cuda_runner
 
@@ -189,9 +199,9 @@ def _ort_factory(req: BackendRequest) -> Runner:
     if req.engine_dir is not None:
         expect = bundle_hash(req.checkpoint) if req.checkpoint is not None else None  # refuse a foreign export
         runner = OrtRunner(req.engine_dir, expect_bundle_hash=expect, providers=providers)
-        _check_guidance(runner, req.guidance, req.engine_dir)
+        _check_built_in(runner, req)
         return runner
-    folder = cached_export(req.checkpoint, req.progress, req.guidance)
+    folder = cached_export(req.checkpoint, req.progress, req.guidance, req.freeu)
     return OrtRunner(folder, expect_bundle_hash=bundle_hash(req.checkpoint), providers=providers)
 
 
@@ -202,15 +212,11 @@ def _ort_describe(runner) -> str:
 # ----------------------------------------------------------------------------- tensorrt
 
 def _trt_usable(engine_dir: Path | None) -> tuple[bool, str]:
-    if engine_dir is None:
-        return False, "no TensorRT engines given (--engine-dir)"
-    if not (Path(engine_dir) / "engines.json").is_file():
-        return False, f"no engines.json in {engine_dir} (cdx build-engine writes one)"
     try:
-        from .trt import available
+        from .trt.backend import availability
     except ImportError:
         return False, "TensorRT runner not built into this install"
-    return available()
+    return availability(engine_dir)
 
 
 def _trt_why_not(req: BackendRequest) -> str | None:
@@ -219,10 +225,10 @@ def _trt_why_not(req: BackendRequest) -> str | None:
 
 
 def _trt_factory(req: BackendRequest) -> Runner:
-    from .trt import TensorRTRunner
+    from .trt.backend import factory
 
-    runner = TensorRTRunner(req.engine_dir)
-    _check_guidance(runner, req.guidance, req.engine_dir)
+    runner = factory(req.engine_dir, device=req.device or "cuda")
+    _check_built_in(runner, req)
     return runner
 
 

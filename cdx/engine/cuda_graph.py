@@ -194,7 +194,8 @@ class GraphedLoop:
         main.wait_stream(side)
         b.x.copy_(x_loaded)  # undo the warm-up step
         b.step.zero_()
-        self.graph = capture(self._body, self.device)
+        # a runner may capture through its own API (TensorRT: cuda-python); else torch's CUDA graph
+        self.graph = getattr(self.runner, "capture", capture)(self._body, self.device)
 
     def replay(self, callback: Callable[[int], None] | None = None) -> None:
         """Run the N steps from step 0 on the loaded request; no host synchronisation."""

@@ -15,14 +15,12 @@ from .sampler import draw_noise, make_shaping, sample
 
 @contextlib.contextmanager
 def edited_runner(model, state, backend: str, engine_dir: Path | None):
-    """A runner whose collaborators are the fine-tuned ones; temporary exports are removed afterwards."""
-    if backend == "torch":
-        from .runner import TorchRunner
-
-        yield TorchRunner(state.apply(model)), "backend: torch (cpu)"
-        return
+    """A runner whose collaborators are the fine-tuned ones, made by the one backend factory (`make_runner`)
+    from a temporary bundle (torch), its temporary export (onnxruntime) or the given engines refitted
+    from that export (tensorrt); the temporary folders are removed afterwards."""
     from ..export.onnx_export import export_bundle
     from ..models.bundle import save_bundle
+    from .backends import make_runner
 
     tmp_root = cache_dir() / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
@@ -31,6 +29,9 @@ def edited_runner(model, state, backend: str, engine_dir: Path | None):
         if backend == "tensorrt":
             runner = _trt_runner(model, engine_dir)  # its guidance checked before the export
         save_bundle(edited, Path(d) / "bundle")
+        if backend == "torch":
+            yield make_runner("torch", Path(d) / "bundle", guidance=_guidance(model))
+            return
         export_bundle(Path(d) / "bundle", Path(d) / "onnx", model=edited)
         if backend == "tensorrt":
             # TensorRT refits by ONNX initializer name, and the export names some weights itself (GroupNorm's
@@ -42,32 +43,34 @@ def edited_runner(model, state, backend: str, engine_dir: Path | None):
                                    "--refittable)")
             yield runner, f"backend: tensorrt on {engine_dir} (collaborators refitted from a re-export)"
             return
-        from .ort_runner import OrtRunner
+        runner, desc = make_runner(backend, None, Path(d) / "onnx")
+        yield runner, f"{desc} (fine-tuned collaborators re-exported to a temporary folder)"
 
-        runner = OrtRunner(Path(d) / "onnx")
-        yield runner, "backend: onnxruntime (fine-tuned collaborators re-exported to a temporary folder)"
+
+def _guidance(model) -> dict[str, float]:
+    return {m.name: m.guidance for m in model.cfg.modalities}
 
 
 def _trt_runner(model, engine_dir: Path):
-    from .backends import _check_guidance
-    from .trt import TensorRTRunner
+    from .backends import make_runner
 
-    runner = TensorRTRunner(engine_dir)
-    _check_guidance(runner, {m.name: m.guidance for m in model.cfg.modalities}, engine_dir)
-    return runner
+    return make_runner("tensorrt", None, engine_dir, guidance=_guidance(model))[0]
 
 
-def edit_backend(backend: str, engine_dir: Path | None) -> str:
-    """The backend an edit renders on (auto: TensorRT when engines are given, else ONNX Runtime); TensorRT is
-    refused here, before the optimisation, when it cannot run."""
+def edit_backend(backend: str, engine_dir: Path | None, checkpoint: Path | None = None) -> str:
+    """The backend an edit renders on, chosen by the registry (auto: TensorRT when engines are given and
+    usable, the torch CUDA path on a GPU, else ONNX Runtime); an unusable one is refused here, before the
+    optimisation."""
+    from .backends import BackendRequest, backend_choices, choose_auto, _REGISTRY
+
+    req = BackendRequest(checkpoint=checkpoint or Path("bundle"), engine_dir=engine_dir)
     if backend == "auto":
-        backend = "onnxruntime" if engine_dir is None else "tensorrt"
-    if backend == "tensorrt":
-        from .backends import _trt_usable
-
-        usable, why = _trt_usable(engine_dir)
-        if not usable:
-            raise CdxError(f"tensorrt backend unavailable: {why}")
+        return choose_auto(req)[0]
+    if backend not in _REGISTRY:
+        raise CdxError(f"unknown backend {backend!r}; choose one of {', '.join(backend_choices())}")
+    why = _REGISTRY[backend].why_not(req)
+    if why is not None:
+        raise CdxError(f"{backend} backend unavailable: {why}")
     return backend
 
 

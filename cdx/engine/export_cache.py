@@ -24,7 +24,8 @@ def cache_key(digest: str, cfg: ModelConfig, opset: int) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:24]
 
 
-def cached_export(checkpoint: Path, progress=None, guidance: dict[str, float] | None = None) -> Path:
+def cached_export(checkpoint: Path, progress=None, guidance: dict[str, float] | None = None,
+                  freeu: tuple | None = None) -> Path:
     """The ONNX export of `checkpoint` in the cache, made on first use (keyed by the verified bundle hash and
     the effective config, which includes the guidance scales that override the bundle's)."""
     from ..export.manifest import read_export_manifest
@@ -32,7 +33,7 @@ def cached_export(checkpoint: Path, progress=None, guidance: dict[str, float] | 
     from ..io import artifact_format
 
     digest = verified_bundle_hash(checkpoint)  # every file against bundle.json (hashed once, then by stat)
-    cfg = _guided_cfg(ModelConfig.from_dict(read_manifest(checkpoint)["config"]), guidance)
+    cfg = _guided_cfg(ModelConfig.from_dict(read_manifest(checkpoint)["config"]), guidance).with_freeu(freeu)
     key = cache_key(digest, cfg, DEFAULT_OPSET)
     root = cache_subdir("onnx")
     for slot in range(SLOTS):

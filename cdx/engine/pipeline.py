@@ -23,6 +23,7 @@ class Result:
     timesteps: np.ndarray
     seeds: tuple[int, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)  # encode / loop / decode ms
+    intermediates: np.ndarray | None = None  # (N, B, H, W, 3) uint8: the decoded predicted x0 of each step
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -67,16 +68,29 @@ def generate(runner: Runner, req: Request, callback: Callable[[int], None] | Non
         from .cuda_graph import sample_graphed  # same result; the plain loop, with a notice, if it cannot
 
         loop = sample_graphed(runner, names, contexts, x_T, steps_noise, table, shaping, req.return_influence,
-                              callback=callback, streams=getattr(runner, "streams", 1))
+                              req.return_intermediates, callback=callback, streams=getattr(runner, "streams", 1))
     else:
         loop = sample(runner, names, contexts, x_T, steps_noise, table, shaping, req.return_influence,
-                      callback=callback)
+                      req.return_intermediates, callback=callback)
     loop_ms = lap()
     image = runner.run("vae_decoder", {"latent": loop.z0})["image"]
     images = to_uint8(image)
+    x0 = predicted_x0(runner, table, x_T, loop.trace) if req.return_intermediates else None
     decode_ms = lap()
     return Result(images=images, image_tensor=image, loop=loop, modalities=names, timesteps=table.timesteps,
-                  seeds=req.seeds, timings={"encode_ms": encode_ms, "loop_ms": loop_ms, "decode_ms": decode_ms})
+                  seeds=req.seeds, timings={"encode_ms": encode_ms, "loop_ms": loop_ms, "decode_ms": decode_ms},
+                  intermediates=x0)
+
+
+def predicted_x0(runner: Runner, table, x_T: torch.Tensor, trace: dict) -> np.ndarray:
+    """(N, B, H, W, 3) uint8: each step's prediction of the clean image, pred_x0 = (x_t - A eps) / B
+    (schedule.py's update), decoded one step's batch at a time."""
+    eps, after = trace["eps"].float(), trace["x"].float()  # (N, B, C, h, w): the mixed eps, x after each step
+    x_t = torch.cat([x_T.to(after.device, after.dtype)[None], after[:-1]])  # x before each step
+    coeffs = torch.from_numpy(table.coeffs).to(after.device)
+    a, b = coeffs[:, 0].view(-1, 1, 1, 1, 1), coeffs[:, 1].view(-1, 1, 1, 1, 1)
+    x0 = (x_t - a * eps) / b
+    return np.stack([to_uint8(runner.run("vae_decoder", {"latent": z})["image"]) for z in x0])
 
 
 def num_steps(cfg: ModelConfig, req: Request) -> int:

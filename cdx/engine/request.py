@@ -34,6 +34,7 @@ class Request:
     eta: float | None = None  # None: the model's default
     shaping: bool | None = None  # None: the model's default
     return_influence: bool = False
+    return_intermediates: bool = False  # the decoded predicted x0 of every step
     cuda_graph: bool | None = None  # None: on where the runner is on CUDA
 
     @property
@@ -46,7 +47,8 @@ class Request:
 
     def compatible_key(self) -> tuple:
         """Requests with equal keys can share one batched call (serving)."""
-        return (tuple(self.inputs), self.steps, self.sampler, self.eta, self.shaping, self.return_influence)
+        return (tuple(self.inputs), self.steps, self.sampler, self.eta, self.shaping, self.return_influence,
+                self.return_intermediates)
 
 
 def concat_requests(requests) -> Request:
@@ -62,7 +64,8 @@ def concat_requests(requests) -> Request:
     seeds = tuple(s for r in reqs for s in r.seeds)
     first = reqs[0]
     return Request(inputs=inputs, seeds=seeds, steps=first.steps, sampler=first.sampler, eta=first.eta,
-                   shaping=first.shaping, return_influence=first.return_influence, cuda_graph=first.cuda_graph)
+                   shaping=first.shaping, return_influence=first.return_influence,
+                   return_intermediates=first.return_intermediates, cuda_graph=first.cuda_graph)
 
 
 def _is_int(v) -> bool:
@@ -139,7 +142,7 @@ def _batch_size(lists: Mapping[str, list], seeds: list | None, batch: int | None
 
 def make_request(cfg: ModelConfig, text=None, mask=None, conditions: Mapping[str, Any] | None = None, seed=0,
                  steps: int = 50, batch: int | None = None, sampler: str = "ddim", eta: float | None = None,
-                 shaping: bool | None = None, return_influence: bool = False,
+                 shaping: bool | None = None, return_influence: bool = False, return_intermediates: bool = False,
                  cuda_graph: bool | None = None) -> Request:
     """The one validation of a generation request (see the module docstring). `text` and `mask` give the
     model's text and mask modality; `conditions` {modality name: value(s)} any modality by name."""
@@ -190,20 +193,21 @@ def make_request(cfg: ModelConfig, text=None, mask=None, conditions: Mapping[str
                 inputs[m.name] = kind.batch(values, m, m.name)
     return Request(inputs=inputs, seeds=tuple(seeds), steps=steps, sampler=sampler, eta=eta,
                    shaping=None if shaping is None else bool(shaping), return_influence=bool(return_influence),
-                   cuda_graph=cuda_graph)
+                   return_intermediates=bool(return_intermediates), cuda_graph=cuda_graph)
 
 
 def check_memory(cfg: ModelConfig, req: Request, device: torch.device) -> None:
     """Refuse a batch whose estimated working memory exceeds what the device has free (InputError)."""
     need = estimate_bytes(cfg, req.batch, cfg.step_table(req.steps, req.sampler, req.eta).num_steps,
-                          len(req.inputs), req.return_influence)
+                          len(req.inputs), req.return_influence, req.return_intermediates)
     free = _free_bytes(device)
     if free is not None and need > free:
         raise InputError(f"batch {req.batch}: needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on "
                          f"{device}; use a smaller batch")
 
 
-def estimate_bytes(cfg: ModelConfig, batch: int, num_steps: int, m: int, influence: bool) -> int:
+def estimate_bytes(cfg: ModelConfig, batch: int, num_steps: int, m: int, influence: bool,
+                   intermediates: bool = False) -> int:
     """A rough upper estimate of a request's working memory: the all-steps noise and influence, and the
     largest activations of a collaborator and of the VAE decoder (about 8 live fp32 maps of their widest
     level at full resolution; measured peaks of the shipped and official models stay below it)."""
@@ -212,7 +216,7 @@ def estimate_bytes(cfg: ModelConfig, batch: int, num_steps: int, m: int, influen
     unet = max(x.unet.model_channels * max(x.unet.channel_mult) for x in cfg.modalities)
     vae = cfg.autoencoder.ch * max(cfg.autoencoder.ch_mult)
     per_item = 4 * (num_steps * c * h * w + (num_steps * m * h * w if influence else 0)
-                    + 8 * unet * h * w + 8 * vae * hh * ww)
+                    + 8 * unet * h * w + 8 * vae * hh * ww) + (num_steps * hh * ww * 3 if intermediates else 0)
     return batch * per_item
 
 

@@ -47,9 +47,24 @@ class CollaborativeModel(nn.Module):
         table = {"encoder": self.encoders, "unet": self.unets, "diffuser": self.diffusers}.get(part)
         if table is None or mod not in table:
             raise KeyError(f"no network named {name!r}")
+        if part == "unet":
+            self._sync_freeu()
         if part == "unet" and self.cfg.modality(mod).guidance != 1.0:
             return self._guided(mod)
         return table[mod]
+
+    def _sync_freeu(self) -> None:
+        """Put FreeU's hooks on the collaborators as the config says (cdx.models.freeu), once per setting."""
+        want = self.cfg.freeu
+        if self.__dict__.get("_freeu_on") == (want, [id(u) for u in self.unets.values()]):
+            return
+        from .freeu import apply_freeu, remove_freeu
+
+        if want is None:
+            remove_freeu(self)
+        else:
+            apply_freeu(self, *want)
+        self.__dict__["_freeu_on"] = (want, [id(u) for u in self.unets.values()])
 
     def _guided(self, name: str) -> nn.Module:
         """The collaborator with classifier-free guidance (cdx.models.guidance), made once per UNet object,

@@ -48,6 +48,8 @@ class ModelConfig:
     # The DDIM eta `cdx run`/`eval`/`edit` use unless told otherwise: 0 (deterministic, the official
     # models' setting); a bundle may ask for more noise when its high-noise predictions are imprecise.
     eta: float = 0.0
+    # FreeU (b1, b2, s1, s2) on the collaborators' decoders (cdx.models.freeu); None: off, as trained.
+    freeu: tuple[float, float, float, float] | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -87,6 +89,12 @@ class ModelConfig:
 
         return make_table(self.alphas_cumprod(), steps, sampler, resolve_eta(self.eta, eta))
 
+    def with_freeu(self, factors) -> "ModelConfig":
+        """This config with FreeU's (b1, b2, s1, s2) set (None: as it is; () or False: off)."""
+        if factors is None:
+            return self
+        return dataclasses.replace(self, freeu=tuple(float(v) for v in factors) if factors else None)
+
     def with_shaping(self, on: bool | None) -> "ModelConfig":
         """This config with the official influence shaping switched on or off (None: as it is)."""
         return self if on is None else dataclasses.replace(self, shaping=bool(on))
@@ -108,6 +116,8 @@ class ModelConfig:
         # "guidance_scale": a model-wide field of earlier bundles that nothing read (always 1)
         rest = {k: v for k, v in d.items() if k not in ("modalities", "autoencoder", "guidance_scale")}
         rest["latent_size"] = tuple(rest["latent_size"])
+        if rest.get("freeu") is not None:
+            rest["freeu"] = tuple(float(v) for v in rest["freeu"])
         return cls(modalities=tuple(mods), autoencoder=AutoencoderConfig.from_dict(d["autoencoder"]), **rest)
 
 
