@@ -240,3 +240,4 @@ for _b in (
     register_backend(_b)
 
 from . import openvino_backend  # noqa: E402,F401  (registers "openvino": its own module, issue 24)
+from . import compiled_backend  # noqa: E402,F401  (registers "torch-compile": its own module, issue 24)

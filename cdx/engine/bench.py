@@ -68,6 +68,7 @@ def machine_info() -> dict:
             "cpu_flags": cpu_flags(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     for dist in ("onnxruntime", "openvino", "triton", "cuda-python", "tensorrt"):
         info[dist.replace("-", "_")] = _version(dist)
+    info["env"] = {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "GOMP_", "KMP_"))}
     try:
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]  # how shared the machine was
     except OSError:
