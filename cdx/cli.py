@@ -94,12 +94,19 @@ def main():
     """cdx: a fast inference engine for Collaborative Diffusion."""
     warnings.showwarning = _warn_one_line
     with contextlib.suppress(ValueError):  # not the main thread (cdx embedded): leave signals alone
-        # SIGTERM unwinds like Ctrl-C, so every temporary file and folder is removed on the way out
+        # SIGTERM removes every temporary file and folder of this run and exits 130
         signal.signal(signal.SIGTERM, _terminate)
 
 
 def _terminate(signum, frame):
-    raise KeyboardInterrupt
+    # Not an exception: raised inside torch's or ONNX's C++ callbacks (an export), unwinding can crash the
+    # interpreter (SIGSEGV, seen). The temporary files and folders are removed here and the process ends.
+    from .io import release_all_claims
+
+    release_all_claims()
+    click.echo("error: terminated; nothing was written", err=True)
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def _register():

@@ -165,6 +165,10 @@ def _install(tmp: Path, target: Path, fmt: str, overwrite: bool, keep_existing: 
     shutil.rmtree(old, ignore_errors=True)
 
 
+# The temporary paths this process holds now: stem -> (lock fd, lock path, the target it becomes).
+_CLAIMED: dict[Path, tuple[int, Path, Path]] = {}
+
+
 @contextlib.contextmanager
 def _claim(parent: Path, name: str, folder: bool = True):
     """A fresh temporary path `.NAME.cdx-tmp-XXXX` in `parent` (an empty folder, or for `folder=False` a name
@@ -178,16 +182,36 @@ def _claim(parent: Path, name: str, folder: bool = True):
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:
                 break  # a cleaner that saw this lock before we held it removed it: try another name
         os.close(fd)
+    _CLAIMED[stem] = (fd, lock, parent / name)
     try:
         if folder:
             stem.mkdir()
         yield stem
     finally:
-        _remove(stem)
-        _remove(stem.with_name(stem.name + ".old"))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock)
-        os.close(fd)
+        if stem in _CLAIMED:  # not already released by a signal handler
+            _release(stem)
+
+
+def _release(stem: Path) -> None:
+    """Remove a claimed temporary path and its lock. A replaced target caught between its two renames
+    (target -> .old, temporary -> target) gets its old content back."""
+    fd, lock, target = _CLAIMED.pop(stem)
+    old = stem.with_name(stem.name + ".old")
+    if old.exists() and not os.path.lexists(target):
+        os.rename(old, target)
+    _remove(stem)
+    _remove(old)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(lock)
+    os.close(fd)
+
+
+def release_all_claims() -> None:
+    """Remove every temporary path this process holds: for a signal handler that exits at once (os._exit)
+    instead of unwinding through whatever C++ code the main thread is in."""
+    for stem in list(_CLAIMED):
+        with contextlib.suppress(OSError):
+            _release(stem)
 
 
 def remove_stale(parent: str | os.PathLike) -> list[str]:

@@ -49,9 +49,15 @@ def test_run_seed_determinism_and_batch(tiny_bundle, real_mask, tmp_path):
         assert run_cli(*base(tiny_bundle, out, "--text", CAPTION, "--seed", seed)).exit_code == 0
     ia, ib, ic = (np.asarray(Image.open(p)) for p in (a, b, c))
     assert np.array_equal(ia, ib) and not np.array_equal(ia, ic)
-    out = tmp_path / "batch.png"
-    assert run_cli(*base(tiny_bundle, out, "--text", CAPTION, "--batch", 3)).exit_code == 0
-    assert np.asarray(Image.open(out)).shape[1] == 3 * 64 + 2 * 2
+    out, grid = tmp_path / "batch.png", tmp_path / "grid.png"
+    assert run_cli(*base(tiny_bundle, out, "--text", CAPTION, "--batch", 3, "--seed", 1, "--grid", grid)).exit_code == 0
+    items = [np.asarray(Image.open(tmp_path / f"batch-{i}.png")) for i in range(3)]
+    def psnr(x, y):
+        return 10 * np.log10(255.0 ** 2 / max(np.mean((x.astype(float) - y.astype(float)) ** 2), 1e-10))
+
+    # seeds 1, 2, 3: item i is the image of its seed alone (batched arithmetic: PSNR >= 40 dB, not bit-equal)
+    assert not out.exists() and psnr(items[0], ia) >= 40 and psnr(items[1], ic) >= 40 and psnr(items[0], ic) < 30
+    assert np.asarray(Image.open(grid)).shape[1] == 3 * 64 + 2 * 2
 
 
 def test_run_long_caption_warns(tiny_bundle, tmp_path):
@@ -92,7 +98,7 @@ def test_run_bad_mask_one_line_error(tiny_bundle, real_mask, tmp_path, case):
     (["--batch", "-1"], "--batch -1"),
     (["--eta", "-0.5"], "--eta -0.5"),
     (["--eta", "1.2"], "--eta 1.2: out of range (0 <= eta <= 1)"),
-    (["--steps", "5000"], "--steps must be in 1..1000"),
+    (["--steps", "5000"], "--steps 5000: out of range (1..1000)"),
 ])
 def test_run_bad_values(tiny_bundle, tmp_path, args, needle):
     out = tmp_path / "out.png"

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from cdx.cli import main
 from cdx.engine.backends import make_runner
 from cdx.errors import CdxError
+from cdx.export.manifest import read_export_manifest
 from cdx.models.bundle import save_bundle
 from cdx.models.config import preset
 from cdx.models.guidance import GuidedUNet, null_condition
@@ -88,8 +89,11 @@ def test_runtime_guidance_overrides_the_bundle_and_has_its_own_export(tiny_bundl
     make_runner("onnxruntime", tiny_bundle)
     make_runner("onnxruntime", tiny_bundle, guidance={"text": 4.0})
     make_runner("onnxruntime", tiny_bundle, guidance={"text": 1.0})  # the bundle's own scale: its export
-    folders = sorted(p.name for p in (tmp_path / "cache" / "onnx").iterdir())
-    assert len(folders) == 2 and folders[1] == folders[0] + "-text4"
+    # two exports: the bundle's scale (asked for twice) and 4; each folder's manifest records its own
+    folders = sorted((tmp_path / "cache" / "onnx").iterdir())
+    scales = sorted(next(m["guidance"] for m in read_export_manifest(f)["config"]["modalities"] if m["name"] == "text")
+                    for f in folders)
+    assert len(folders) == 2 and scales == [1.0, 4.0], scales
 
     with pytest.raises(CdxError, match="exported with guidance text=1, not 4"):
         make_runner("onnxruntime", tiny_bundle, tiny_export, guidance={"text": 4.0})

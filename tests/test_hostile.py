@@ -382,9 +382,52 @@ def test_output_equal_to_input_issue19(tiny_bundle, tmp_path, real_mask):
                           "--save-influence")
 
 
-@pytest.mark.parametrize("caption", ["", "   ", "zzqx blorf"])
-def test_empty_or_unknown_caption_warns_issue19(tiny_bundle, tmp_path, caption):
-    r = cli("run", "--backend", "torch", "--checkpoint", tiny_bundle, "--text", caption, "--steps", 1,
+@pytest.fixture(scope="module")
+def known_words_bundle(tmp_path_factory):
+    """The tiny model, recording that its text collaborator was trained on CAPTION's words only."""
+    import dataclasses
+
+    from cdx.models.bundle import save_bundle
+    from cdx.models.config import preset
+    from cdx.models.random_init import random_model
+    from cdx.models.tokenizer import Tokenizer
+
+    cfg = preset("tiny")
+    words = tuple(sorted(set(Tokenizer().words(CAPTION))))
+    mods = tuple(dataclasses.replace(m, vocabulary=words) if m.kind == "text" else m for m in cfg.modalities)
+    path = tmp_path_factory.mktemp("known") / "tiny"
+    save_bundle(random_model(dataclasses.replace(cfg, modalities=mods), seed=7), path)
+    return path
+
+
+@pytest.mark.parametrize("caption, recorded, named", [
+    ("", False, "the caption is empty"), ("   ", False, "the caption is empty"),
+    ("zzqx blorf", True, "none of the caption's words mean anything to it: 'zzqx', 'blorf'"),
+    (CAPTION.replace("beard", "moustache"), True, "'moustache': the model never saw them in training"),
+    ("This man has a beard \U0001F642", False, "'\U0001F642': the text encoder's vocabulary cannot spell them"),
+])
+def test_empty_or_unknown_caption_warns_issue19(tiny_bundle, known_words_bundle, tmp_path, caption, recorded,
+                                                named):
+    bundle = known_words_bundle if recorded else tiny_bundle
+    r = cli("run", "--backend", "torch", "--checkpoint", bundle, "--text", caption, "--steps", 1,
             "--out", tmp_path / "o.png")
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
-    assert any(line.startswith("warning:") for line in r.stderr.splitlines()), r.stderr
+    warned = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and named in warned[0], r.stderr
+
+
+def test_known_caption_and_bundle_without_vocabulary_do_not_warn(tiny_bundle, known_words_bundle, tmp_path):
+    for bundle, caption in ((known_words_bundle, CAPTION.upper()), (tiny_bundle, "zzqx blorf")):
+        r = cli("run", "--backend", "torch", "--checkpoint", bundle, "--text", caption, "--steps", 1,
+                "--out", tmp_path / "o.png")
+        assert r.exit_code == 0 and "warning:" not in r.stderr, r.stderr
+
+
+def test_the_shipped_model_names_the_words_it_never_saw():
+    from cdx.api import config_of
+    from cdx.engine.request import make_request
+
+    cfg = config_of(None)
+    assert {"grey", "blond", "lipstick"} <= set(cfg.modality("text").vocabulary)
+    with pytest.warns(UserWarning, match="'gray': the model never saw them in training"):
+        make_request(cfg, text="This woman has gray hair.")

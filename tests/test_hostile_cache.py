@@ -159,7 +159,7 @@ def _export_until_writing(tiny_bundle, out):
 
 def test_killed_and_terminated_exports_leave_nothing_behind(tiny_bundle, tmp_path):
     p = _export_until_writing(tiny_bundle, tmp_path / "e")
-    p.send_signal(signal.SIGTERM)  # unwinds: the run removes its own temporary folder
+    p.send_signal(signal.SIGTERM)  # the run removes its own temporary folder and exits 130
     assert p.wait(timeout=300) == 130 and "Traceback" not in p.stderr.read()
     assert leftovers(tmp_path) == [] and not (tmp_path / "e").exists()
     p = _export_until_writing(tiny_bundle, tmp_path / "e")
@@ -169,3 +169,18 @@ def test_killed_and_terminated_exports_leave_nothing_behind(tiny_bundle, tmp_pat
     r = cli("train", "assemble", "--from-bundle", tiny_bundle, "--out", tmp_path / "b")
     assert r.exit_code == 0, r.output
     assert leftovers(tmp_path) == [] and (tmp_path / "b" / "bundle.json").is_file()
+
+
+def test_released_claims_restore_a_target_caught_between_its_renames(tmp_path):
+    """What a SIGTERM handler does mid-install: the new content goes, the old content is back in place."""
+    from cdx import io
+
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "bundle.json").write_text("old")
+    with io._claim(tmp_path, "bundle") as tmp:
+        (tmp / "bundle.json").write_text("new")
+        os.rename(target, tmp.with_name(tmp.name + ".old"))  # the first of _install's two renames
+        io.release_all_claims()
+        assert (target / "bundle.json").read_text() == "old" and not tmp.exists() and not io._CLAIMED
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]

@@ -16,11 +16,11 @@ from torch import nn
 from cdx.cli import main
 from cdx.errors import InputError, StaleArtifactError
 from cdx.models.autoencoder import Autoencoder, AutoencoderConfig
-from cdx.models.bundle import bundle_hash, load_bundle, read_manifest
+from cdx.models.bundle import bundle_hash, load_bundle, read_manifest, save_bundle
 from cdx.models.collab import encoder_for
 from cdx.models.config import ModalityConfig, ModelConfig
 from cdx.models.masks import save_label_map
-from cdx.models.random_init import randomize
+from cdx.models.random_init import random_model, randomize
 from cdx.models.text_encoder import TextEncoderConfig
 from cdx.models.unet import UNet, UNetConfig
 from cdx.train import checkpoint, loop
@@ -422,6 +422,13 @@ def test_train_stages_assemble_and_run(faces, tmp_path):
     assert model.cfg.scale_factor == pytest.approx(vmeta["scale_factor"]) and model.cfg.shaping is False
     extra = read_manifest(bundle)["extra"]
     assert set(extra["stages"]) == {"vae", "collaborator:mask", "collaborator:text", "diffusers"}
+    # the text collaborator's vocabulary: exactly the words of the 8 training captions
+    from cdx.models.tokenizer import Tokenizer
+    from cdx.train.synth import caption_of
+
+    words = {w for i in range(8) for w in Tokenizer().words(caption_of((3, i)))}
+    assert model.cfg.modality("text").vocabulary == tuple(sorted(words))
+    assert model.cfg.modality("mask").vocabulary is None
     assert all(v["dtype"] == "F16" for v in _dtypes(bundle / "text_unet.safetensors"))
 
     mask = tmp_path / "mask.png"
@@ -478,6 +485,21 @@ def test_train_stages_assemble_and_run(faces, tmp_path):
         assemble(cfg, work, tmp_path / "bundle2")
 
 
+def test_training_vocabulary_joins_the_starting_bundles_unless_no_step_ran(faces, tmp_path):
+    from cdx.train.collaborator import training_vocabulary
+
+    cfg = micro_config()
+    text = dataclasses.replace(cfg.modality("text"), vocabulary=("zebra",))
+    src = tmp_path / "src"
+    save_bundle(random_model(dataclasses.replace(cfg, modalities=(cfg.modality("mask"), text)), seed=0), src)
+    view = ShardSet(faces.folder, [cfg.modality("text")], images=False)
+    mine = training_vocabulary(cfg.modality("text"), view)
+    assert "zebra" not in mine and {"this", "."} <= set(mine)
+    assert training_vocabulary(cfg.modality("text"), view, src, steps=0) == ("zebra",)
+    assert training_vocabulary(cfg.modality("text"), view, src, steps=5) == tuple(sorted({*mine, "zebra"}))
+    assert training_vocabulary(cfg.modality("mask"), ShardSet(faces.folder, [cfg.modality("mask")]), src) is None
+
+
 def test_train_init_from_a_bundle_starts_every_stage_from_its_weights(faces, tmp_path):
     from cdx.errors import InputError
     from cdx.models.bundle import bundle_hash
@@ -521,6 +543,7 @@ def test_train_init_from_a_bundle_starts_every_stage_from_its_weights(faces, tmp
     assert load_bundle(again).cfg.scale_factor == load_bundle(src).cfg.scale_factor  # ...which is not used
     stages = read_manifest(again)["extra"]["stages"]
     assert {v.get("init_from") for v in stages.values()} == {bundle_hash(src)}
+    assert load_bundle(again).cfg.modality("text").vocabulary == load_bundle(src).cfg.modality("text").vocabulary
     src_stages = read_manifest(src)["extra"]["stages"]  # each leg keeps the record of the one it started from
     assert set(stages) == set(src_stages) and all(stages[k]["init_stage"] == src_stages[k] for k in stages)
     assert stages["vae"]["scale_factor_from"] == "init_from" and "scale_factor_from" not in src_stages["vae"]

@@ -81,7 +81,7 @@ def run(text, mask, conds, out, checkpoint, backend, engine_dir, seed, steps, et
     from ..api import Pipeline, config_of
     import torch
 
-    from ..engine.request import check_int, check_memory, make_request
+    from ..engine.request import check_float, check_int, check_memory, check_seed, make_request
     from ..render import influence_grid, intermediates_grid, item_paths
 
     guidance = parse_guidance(guidance)
@@ -100,6 +100,10 @@ def run(text, mask, conds, out, checkpoint, backend, engine_dir, seed, steps, et
     check_distinct(outputs, {k: v for k, v in inputs.items() if v is not None})
     # the request is checked, and its files decoded, before any model is loaded
     cfg = config_of(checkpoint, engine_dir)
+    check_int(steps, "--steps", 1, cfg.timesteps)  # the flags by name; make_request checks them again
+    if eta is not None:
+        check_float(eta, "--eta", 0.0, 1.0)
+    check_seed(seed, "--seed")
     req = make_request(cfg, text=text, mask=mask, conditions=conditions, seed=seed, steps=steps, batch=batch,
                        sampler=sampler, eta=eta, shaping=shaping, return_influence=save_influence is not None,
                        return_intermediates=save_intermediates is not None, cuda_graph=cuda_graph)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..defaults import cache_dir
-from ..errors import CdxError, StaleArtifactError
+from ..defaults import cache_subdir
+from ..errors import StaleArtifactError
 from ..export.manifest import read_export_manifest, reexport_hint
 from ..export.spec import network_specs
 from ..models.config import ModelConfig
@@ -33,13 +33,7 @@ def openvino_version() -> str | None:
 
 def compiled_cache_dir(manifest: dict) -> Path:
     """Where OpenVINO keeps the compiled models of the export `manifest` describes."""
-    root = cache_dir() / "openvino" / manifest["digest"][:24]
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CdxError(f"cannot use the cache folder {root} ({e.strerror or e}); set CDX_CACHE to a writable "
-                       "folder") from None
-    return root
+    return cache_subdir("openvino", manifest["digest"][:24])
 
 
 class OpenVinoRunner:

@@ -98,7 +98,10 @@ def checked_config(d, source: str, rebuild: str) -> ModelConfig:
     ]
     from .modalities import kinds
 
-    for m in cfg.modalities:
+    for raw, m in zip(d["modalities"], cfg.modalities):
+        words = raw.get("vocabulary")
+        checks.append((words is None or (isinstance(words, list) and all(isinstance(w, str) for w in words)),
+                       f"{m.name}.vocabulary"))
         checks += [(m.kind in kinds(), f"{m.name}.kind"), (m.decay in ("cosine", "none"), f"{m.name}.decay"),
                    (m.influence_scale > 0, f"{m.name}.influence_scale"),
                    (0 <= m.guidance <= 100, f"{m.name}.guidance")]

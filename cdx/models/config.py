@@ -31,6 +31,9 @@ class ModalityConfig:
     # Classifier-free guidance scale of this collaborator (cdx.models.guidance): 1 = none, the official
     # presets' setting; above 1 only for a collaborator trained with condition dropout.
     guidance: float = 1.0
+    # The words of the captions the collaborator was trained on (kind text), sorted; None: not recorded (the
+    # official checkpoints). A caption word outside it is warned about (cdx.models.modalities).
+    vocabulary: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class ModelConfig:
                 text=TextEncoderConfig.from_dict(m["text"]) if m.get("text") else None,
                 context_dim=m["context_dim"], decay=m.get("decay", "none"),
                 influence_scale=float(m.get("influence_scale", 1.0)), guidance=float(m.get("guidance", 1.0)),
+                vocabulary=None if m.get("vocabulary") is None else tuple(m["vocabulary"]),
             ))
         # "guidance_scale": a model-wide field of earlier bundles that nothing read (always 1)
         rest = {k: v for k, v in d.items() if k not in ("modalities", "autoencoder", "guidance_scale")}

@@ -56,6 +56,11 @@ class ModalityKind:
         """One item's null condition (what condition dropout trains on)."""
         raise NotImplementedError
 
+    def training_vocabulary(self, stored) -> tuple[str, ...] | None:
+        """What a collaborator's config records of the values it was trained on (`stored`: the training data's
+        stored forms, arrays of items); None: nothing for this kind."""
+        return None
+
     def batch(self, values: list, m, where: str) -> torch.Tensor:
         """(B, ...) encoder input of a list of user values."""
         ins = self.encoder_input(m)
@@ -100,6 +105,8 @@ class TextKind(ModalityKind):
             raise InputError(f"{where}: expected a caption string, got {type(value).__name__}")
         if not value.strip():
             warnings.warn(f"{where}: the caption is empty; the text collaborator gets no condition", stacklevel=4)
+        else:
+            self._warn_unseen(value, m, where)
         ids, truncated = self.tokenizer().encode([value])
         if truncated[0]:
             warnings.warn(f"{where}: caption longer than {ids.shape[1]} tokens: truncated, as the official code "
@@ -108,6 +115,39 @@ class TextKind(ModalityKind):
 
     def null(self, m):
         return self.tokenizer().encode([""])[0][0]
+
+    def unseen_words(self, caption: str, m) -> list[str]:
+        """The caption's words (in order, once each) that the model never saw in training when its config
+        records a vocabulary; without one, the words the tokenizer can only spell as [UNK]."""
+        tok = self.tokenizer()
+        words = dict.fromkeys(tok.words(caption))
+        if m.vocabulary is not None:
+            known = set(m.vocabulary)
+            return [w for w in words if w not in known]
+        return [w for w in words if not tok.spells(w)]
+
+    def _warn_unseen(self, caption: str, m, where: str) -> None:
+        unseen = self.unseen_words(caption, m)
+        if not unseen:
+            return
+        named = ", ".join(repr(w) for w in unseen[:12]) + (f" and {len(unseen) - 12} more" if len(unseen) > 12 else "")
+        if m.vocabulary is None:
+            why = "the text encoder's vocabulary cannot spell them ([UNK])"
+        else:
+            why = (f"the model never saw them in training (the {len(m.vocabulary)} words it knows are its "
+                   f"config's {m.name} vocabulary, in bundle.json)")
+        whole = "none of the caption's words mean anything to it: " if len(unseen) == len(self.tokenizer().words(
+            caption)) else ""
+        warnings.warn(f"{where}: {whole}{named}: {why}", stacklevel=5)
+
+    def training_vocabulary(self, stored) -> tuple[str, ...]:
+        """The sorted words of every caption in `stored` (arrays of token-id rows)."""
+        tok = self.tokenizer()
+        words: set[str] = set()
+        for rows in stored:
+            for row in np.unique(np.asarray(rows).reshape(-1, np.asarray(rows).shape[-1]), axis=0):
+                words.update(tok.words_of_ids(row))
+        return tuple(sorted(words))
 
 
 class MaskKind(ModalityKind):

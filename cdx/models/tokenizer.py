@@ -102,6 +102,33 @@ class Tokenizer:
         truncated = [len(e.overflowing) > 0 for e in encs]
         return ids, truncated
 
+    def words(self, text: str) -> list[str]:
+        """The caption's words as the encoder splits them: lower-cased, accents stripped, split on whitespace
+        and punctuation (a punctuation mark is a word)."""
+        norm = self._tok.normalizer.normalize_str(text.lower())
+        return [w for w, _ in self._tok.pre_tokenizer.pre_tokenize_str(norm)]
+
+    def spells(self, word: str) -> bool:
+        """Whether WordPiece covers `word` without [UNK]."""
+        return all(t.id != UNK_ID for t in self._tok.model.tokenize(word))
+
+    def words_of_ids(self, ids: Sequence[int]) -> list[str]:
+        """The words a row of ids spells: a piece with the ## prefix continues the word before it; [PAD],
+        [CLS], [SEP] and [MASK] are dropped."""
+        words: list[str] = []
+        for i in ids:
+            i = int(i)
+            if i in (PAD_ID, CLS_ID, SEP_ID, MASK_ID):
+                continue
+            piece = self._tok.id_to_token(i)
+            if piece is None:
+                raise InputError(f"tokenizer: id {i} is not in the vocabulary ({self.vocab_size} ids)")
+            if piece.startswith("##") and words:
+                words[-1] += piece[2:]
+            else:
+                words.append(piece)
+        return words
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """Text of a row of ids (for diagnostics)."""
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

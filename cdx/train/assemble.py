@@ -63,14 +63,20 @@ def assemble(cfg: ModelConfig, work: str | os.PathLike, out: str | os.PathLike,
     model = CollaborativeModel(cfg)
     model.vae.load_state_dict(vae.state_dict(), strict=True)
     stages = {"vae": _summary(vmeta, work / "vae.safetensors")}
+    vocabularies = {}
     for m in cfg.modalities:
         net, meta = load_collaborator(cfg, m.name, work)
+        if meta.get("vocabulary") is not None:
+            vocabularies[m.name] = tuple(meta["vocabulary"])
         model.unets[m.name].load_state_dict(net["unet"].state_dict(), strict=True)
         model.encoders[m.name].load_state_dict(net["encoder"].state_dict(), strict=True)
         stages[f"collaborator:{m.name}"] = _summary(meta, work / f"collab_{m.name}.safetensors")
         if m.guidance != 1.0 and not _trained_with_dropout(meta):
             raise InputError(f"--guidance {m.name}={m.guidance:g}: collab_{m.name}.safetensors was trained without "
                              f"condition dropout, so it has no unconditional prediction; train it with --cond-drop")
+    cfg = dataclasses.replace(cfg, modalities=tuple(dataclasses.replace(m, vocabulary=vocabularies.get(m.name))
+                                                    for m in cfg.modalities))
+    model.cfg = cfg
     diffs, dmeta = load_diffusers(cfg, work)
     for m in cfg.modalities:
         model.diffusers[m.name].load_state_dict(diffs[m.name], strict=True)

@@ -46,7 +46,8 @@ class CollabConfig:
     snr_weight_power: float = 0.0
 
 
-SAMPLING_FIELDS = ("decay", "influence_scale", "guidance")  # how the model is sampled, not what is trained
+# how the model is sampled, and what its training found (the caption vocabulary), not what is trained
+SAMPLING_FIELDS = ("decay", "influence_scale", "guidance", "vocabulary")
 
 
 def modality_record(m) -> dict:
@@ -161,6 +162,9 @@ def train_collaborator(cfg: ModelConfig, name: str, data: ShardSet, tc: TrainCon
     meta = {"stage": "collaborator", "modality": modality_record(m), "vae_sha256": vmeta["vae_sha256"],
             "data": data.record, "collab": jsonable(asdict(cc))}
     meta.update(init or {})
+    vocabulary = training_vocabulary(m, view, tc.init_from, tc.steps)
+    if vocabulary is not None:
+        meta["vocabulary"] = list(vocabulary)
     ema, res = train(f"collaborator:{name}", net, loss_fn, tc, view, work / f"collab_{name}.ckpt.safetensors",
                      resume, meta, resume_same={"collab": jsonable(asdict(CollabConfig()))})
     manifest = {**meta, "steps": res.step, "loss": res.mean_loss(), "first_losses": res.losses[:20],
@@ -170,6 +174,20 @@ def train_collaborator(cfg: ModelConfig, name: str, data: ShardSet, tc: TrainCon
     save_stage(out, ema.state_dict(), manifest)
     dist.log(f"collaborator {name}: {res.step} steps, loss {res.loss_text()} -> {out}")
     return manifest
+
+
+def training_vocabulary(m, view: ShardSet, init_from=None, steps: int = 1) -> tuple[str, ...] | None:
+    """What the collaborator of `m` learnt its conditions from (the words of its captions, for text): its
+    data's (unless it trained zero steps), joined with the vocabulary of the bundle it started from."""
+    mine = kind_of(m.kind).training_vocabulary(view.stored(m.name) if steps > 0 or not init_from else ())
+    if mine is None or not init_from:
+        return mine
+    from ..models.bundle import read_manifest
+
+    before = [x.get("vocabulary") for x in read_manifest(init_from)["config"]["modalities"] if x["name"] == m.name]
+    if before and before[0] is not None:
+        return tuple(sorted(set(mine) | set(before[0])))
+    return mine if steps > 0 else None  # zero steps from a bundle that records none: unknown
 
 
 def load_collaborator(cfg: ModelConfig, name: str, work: str | os.PathLike,

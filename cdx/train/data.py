@@ -199,6 +199,11 @@ class ShardSet(torch.utils.data.Dataset):
             item["latent"] = torch.from_numpy(np.array(lf["latent"][j]))
         return item
 
+    def stored(self, name: str):
+        """Every stored value of modality `name`, an array per shard (all alternatives of every sample)."""
+        for shard in self.manifest["shards"]:
+            yield self._file(self.folder / shard["file"])[0][name]
+
     def batch(self, indices, device=None) -> dict[str, torch.Tensor]:
         """The collated items `indices` (for encoding passes and tests)."""
         return torch.utils.data.default_collate([self[int(i)] for i in indices])

@@ -36,13 +36,14 @@ from __future__ import annotations
 from ...models.masks import CLASS_NAMES
 from .attributes import ALL_ATTRS, LEVEL_WORDS, LEVELS, MASK_ATTRS, TEXT_ATTRS, Attributes, sample_attributes
 from .captions import make_caption
-from .faces import Sample, SyntheticFaces, generate, generate_batch, render, render_with
+from .faces import Sample, SyntheticFaces, caption_of, generate, generate_batch, render, render_with
 from .layout import (BG, CLOTH, EAR_R, EYE_G, HAIR, HAT, L_BROW, L_EAR, L_EYE, L_LIP, MOUTH, NECK, NECK_L, NOSE,
                      R_BROW, R_EAR, R_EYE, SKIN, U_LIP, render_layout)
 
 __all__ = [
     "Attributes", "Sample", "TEXT_ATTRS", "MASK_ATTRS", "ALL_ATTRS", "LEVELS", "LEVEL_WORDS", "CLASS_NAMES",
-    "sample_attributes", "render", "render_layout", "render_with", "make_caption", "generate", "generate_batch",
+    "sample_attributes", "render", "render_layout", "render_with", "make_caption", "caption_of", "generate",
+    "generate_batch",
     "SyntheticFaces", "BG", "SKIN", "NOSE", "EYE_G", "L_EYE", "R_EYE", "L_BROW", "R_BROW", "L_EAR", "R_EAR", "MOUTH",
     "U_LIP", "L_LIP", "HAIR", "HAT", "EAR_R", "NECK_L", "NECK", "CLOTH",
 ]

@@ -60,8 +60,7 @@ def render_with(attrs_text_from: Attributes, layout_from: Attributes, layout_see
 
 def generate(seed: int | Sequence[int], size: int = 64) -> Sample:
     """One sample, fully determined by ``seed`` (an int or a tuple of ints, e.g. ``(dataset_seed, index)``)."""
-    ss = np.random.SeedSequence(seed)
-    s_attr, s_layout, s_colour, s_caption = ss.spawn(4)
+    s_attr, s_layout, s_colour, s_caption = np.random.SeedSequence(seed).spawn(4)
     attrs = sample_attributes(np.random.default_rng(s_attr))
     layout_seed = int(s_layout.generate_state(1, np.uint64)[0] >> np.uint64(1))
     colour_seed = int(s_colour.generate_state(1, np.uint64)[0] >> np.uint64(1))
@@ -69,6 +68,12 @@ def generate(seed: int | Sequence[int], size: int = 64) -> Sample:
     caption, stated = make_caption(attrs, np.random.default_rng(s_caption))
     return Sample(image=image, label=label, caption=caption, attrs=attrs, stated=stated, layout_seed=layout_seed,
                   colour_seed=colour_seed)
+
+
+def caption_of(seed: int | Sequence[int]) -> str:
+    """``generate(seed).caption`` without rendering the face (its attribute and caption streams only)."""
+    s_attr, _, _, s_caption = np.random.SeedSequence(seed).spawn(4)
+    return make_caption(sample_attributes(np.random.default_rng(s_attr)), np.random.default_rng(s_caption))[0]
 
 
 def generate_batch(seed: int, n: int, size: int = 64, start: int = 0):
