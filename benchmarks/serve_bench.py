@@ -129,7 +129,7 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--per-client", type=int, default=4, help="requests each client sends (at least 16 in all)")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--batch-wait-ms", type=float, default=20.0)
+    p.add_argument("--batch-wait-ms", type=float, default=50.0)
     p.add_argument("--cpus-per-replica", type=float, default=1.0)
     p.add_argument("--gpus-per-replica", type=float, default=0.0)
     p.add_argument("--port", type=int, default=8765)
@@ -163,11 +163,11 @@ def main():
     off = {r["clients"]: r for r in result["runs"]["off"]}
     result["speedup"] = {str(c): on[c]["images_per_s"] / off[c]["images_per_s"] for c in CLIENTS}
     print("images/s with batching / without:", {c: round(v, 2) for c, v in result["speedup"].items()})
+    from cdx.io import atomic_write_text
+
     tag = "cpu" if args.gpus_per_replica == 0 else "gpu"
     out = args.out or ROOT / "benchmarks" / "results" / f"{result['date']}-serve-{tag}.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     plot(result, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

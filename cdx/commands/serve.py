@@ -21,7 +21,7 @@ from .common import checkpoint_option
 @click.option("--gpus-per-replica", type=float, default=0.0, show_default=True)
 @click.option("--max-batch", type=int, default=8, show_default=True,
               help="Requests batched into one call (1: dynamic batching off).")
-@click.option("--batch-wait-ms", type=float, default=20.0, show_default=True,
+@click.option("--batch-wait-ms", type=float, default=50.0, show_default=True,
               help="How long a batch waits for more requests.")
 @click.option("--max-queued", type=int, default=64, show_default=True,
               help="Requests that may wait for a replica; more are answered 503 with Retry-After.")

@@ -19,7 +19,7 @@ class ServeOptions:
     cpus_per_replica: float = 1.0  # Ray's logical CPUs a model replica claims
     gpus_per_replica: float = 0.0
     max_batch: int = 8  # requests that @serve.batch collects into one call (1: batching off)
-    batch_wait_ms: float = 20.0  # how long a batch waits for more requests once it has one
+    batch_wait_ms: float = 50.0  # how long a batch waits for more requests once it has one (docs/serving.md)
     max_items: int = 16  # images one pipeline call may hold (requests are split into calls by it)
     max_queued: int = 64  # requests waiting at the ingress for a replica; more get 503
     max_request_batch: int = 4  # images one HTTP request may ask for
