@@ -13,14 +13,10 @@ from PIL import Image
 import cdx
 from cdx.engine.request import concat_requests, make_request
 from cdx.models.masks import load_label_map
+from cdx.evaluation.metrics import psnr
 
 CAPTIONS = ["This man has beard of medium length. He is in his thirties.", "This woman has blond hair.",
             "She has red hair and she is smiling.", "He wears eyeglasses."]
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 @pytest.fixture(scope="module")

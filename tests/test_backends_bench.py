@@ -28,5 +28,9 @@ def test_bench_all_covers_every_registered_backend(tiny_bundle, tmp_path, monkey
             assert (b, stage) in stages, (b, stage)
         assert rep["where_the_time_goes"][b]["loop_steps"] == config_of(tiny_bundle).step_table(1).num_steps
     assert all(row["median_ms"] > 0 for row in rep["results"])
+    for b in measured - {"torch"}:  # the same request and seed: the same image as torch's (fp32)
+        db = rep["where_the_time_goes"][b]["psnr_vs_torch_db"]
+        assert db == "identical" or db >= 40, (b, db)
+    assert "image vs torch" in r.output
     assert "speed-up of onnxruntime over torch" in r.output
     assert rep["machine"]["cpu_count"] >= 1 and "onnxruntime" in rep["machine"]

@@ -16,13 +16,9 @@ from cdx.engine.openvino_runner import OpenVinoRunner  # noqa: E402
 from cdx.engine.ort_runner import OrtRunner  # noqa: E402
 from cdx.errors import CdxError  # noqa: E402
 from cdx.export.onnx_export import random_inputs  # noqa: E402
+from cdx.evaluation.metrics import psnr  # noqa: E402
 
 CAPTION = "She has blond hair and heavy lipstick. She is in her twenties."
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 @pytest.fixture

@@ -16,11 +16,7 @@ from cdx.models.bundle import save_bundle
 from cdx.models.config import ModalityConfig, preset
 from cdx.models.modalities import kind_of, kinds
 from cdx.models.random_init import random_model
-
-
-def psnr(a, b) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+from cdx.evaluation.metrics import psnr
 
 
 def three_modalities():

@@ -14,13 +14,9 @@ from cdx.engine.ort_runner import OrtRunner
 from cdx.errors import StaleArtifactError
 from cdx.export.verify import verify_export
 from cdx.models.bundle import load_bundle
+from cdx.evaluation.metrics import psnr
 
 CAPTION = "She has blond hair and heavy lipstick. She is in her twenties."
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def test_onnx_export_files_pass_full_check(tiny_export):

@@ -33,6 +33,7 @@ for _mod in ("ray", "fastapi", "httpx"):
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 import httpx  # noqa: E402
+from cdx.evaluation.metrics import psnr  # noqa: E402
 
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.png"))
 CAPTIONS = ["This woman has long blond hair.", "This man has a beard and short black hair.",
@@ -94,11 +95,6 @@ def decode(png_b64: str) -> np.ndarray:
     from PIL import Image
 
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(png_b64))).convert("RGB"))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
 def assert_same_images(reply: dict, ref: np.ndarray):

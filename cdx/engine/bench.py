@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..evaluation.metrics import psnr
 from ..export.onnx_export import random_inputs
 from .pipeline import generate, make_request, num_steps
 from .runner import Runner
@@ -151,12 +152,14 @@ def bench_runners(runners: dict[str, Runner], preset: str, batch: int, steps: in
     net_ms: dict[str, dict[str, float]] = {name: {} for name in runners}
     if "end_to_end" in stages:  # first: its first call is the cold start (compiling, cache import)
         req = None
-        calls, breakdown = {}, {name: [] for name in runners}
+        calls, breakdown, images = {}, {name: [] for name in runners}, {}
         for name, r in runners.items():
             req = bench_request(r.cfg, batch, steps, mask)
 
             def run(r=r, name=name, req=req):
-                breakdown[name].append(generate(r, req).timings)
+                out = generate(r, req)
+                breakdown[name].append(out.timings)
+                images[name] = out.images
 
             calls[name] = run
         e2e = rounds(calls, "end_to_end", first=True)
@@ -167,6 +170,13 @@ def bench_runners(runners: dict[str, Runner], preset: str, batch: int, steps: in
                 record(name, key.removesuffix("_ms"), statistics.median(t[key] for t in timings), runs)
             detail[name]["loop_steps"] = n_steps
             detail[name]["end_to_end_ms"] = e2e[name]
+        ref = "torch" if "torch" in images else next(iter(images))
+        for name in runners:  # the same request and seed on every backend: the same image (to rounding)
+            if name != ref:
+                db = psnr(images[name], images[ref])
+                detail[name][f"psnr_vs_{ref}_db"] = round(db, 2) if np.isfinite(db) else "identical"
+                if log:
+                    log(f"{name:<16} image vs {ref}: " + (f"PSNR {db:.2f} dB" if np.isfinite(db) else "identical"))
     if "networks" in stages:
         g = torch.Generator().manual_seed(0)
         for name, r in runners.items():

@@ -1,9 +1,16 @@
-"""The paper's three scores, on arrays: Frechet distance of features, pixel accuracy, attribute accuracy."""
+"""The paper's three scores, on arrays: Frechet distance of features, pixel accuracy, attribute accuracy; and
+the PSNR by which images of two backends or two paths are compared."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8 images or batches of them (inf when equal)."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * float(np.log10(255.0 ** 2 / mse))
 
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
