@@ -26,6 +26,7 @@ ARTIFACTS = {
     "cdx-onnx": ("manifest.json", "cdx ONNX export"),
     "cdx-edit-state": ("edit.json", "cdx edit state"),
     "cdx-trt": ("engines.json", "cdx TensorRT engine folder"),
+    "cdx-openvino-int8": ("int8.json", "cdx OpenVINO int8 cache entry"),
 }
 TMP_TAG = ".cdx-tmp-"
 _TMP_RE = re.compile(r"^\..+\.cdx-tmp-[0-9a-f]{12}(\.lock|\.old)?$")

@@ -34,6 +34,28 @@ def test_auto_on_a_cpu_without_engines_picks_onnxruntime(registry, monkeypatch):
     assert "no TensorRT engines" in why and "no CUDA device" in why
 
 
+def test_auto_on_an_x86_cpu_with_openvino_picks_it(registry, monkeypatch):
+    from cdx.engine import openvino_backend, openvino_runner
+
+    monkeypatch.setattr(B, "_cuda_visible", lambda: False)
+    monkeypatch.setattr(openvino_runner, "openvino_version", lambda: "2026.4")
+    monkeypatch.setattr(openvino_backend.platform, "machine", lambda: "x86_64")
+    assert B.backend_names().index("openvino") < B.backend_names().index("onnxruntime")
+    name, why = B.choose_auto(req())
+    assert name == "openvino" and "not torch: no CUDA device" in why
+    monkeypatch.setattr(openvino_backend.platform, "machine", lambda: "aarch64")  # not measured there
+    name, why = B.choose_auto(req())
+    assert name == "onnxruntime" and "not openvino: auto picks it on x86 CPUs only" in why
+    monkeypatch.setattr(openvino_backend.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(openvino_runner, "openvino_version", lambda: None)
+    name, why = B.choose_auto(req())
+    assert name == "onnxruntime" and "not openvino: openvino is not installed" in why
+    monkeypatch.setattr(B, "_cuda_visible", lambda: True)  # a GPU: the torch CUDA path, never openvino
+    monkeypatch.setattr(openvino_runner, "openvino_version", lambda: "2026.4")
+    assert B.choose_auto(req())[0] == "torch"
+    assert B.choose_auto(req(device="cpu"))[0] == "openvino"
+
+
 def test_auto_with_a_gpu_picks_the_torch_cuda_path(registry, monkeypatch):
     monkeypatch.setattr(B, "_cuda_visible", lambda: True)
     assert B.choose_auto(req())[0] == "torch"
@@ -53,7 +75,7 @@ def test_a_registered_backend_is_chosen_and_offered(registry, monkeypatch):
     made = []
     fake = B.Backend("fake", lambda r: None if r.checkpoint else "needs a bundle",
                      lambda r: made.append(r) or "a runner", lambda r: "fake runner")
-    registry.register_backend(fake, before="onnxruntime")
+    registry.register_backend(fake, before=B.choose_auto(req())[0])  # ahead of what auto picks now
     assert "fake" in B.backend_choices()
     assert B.choose_auto(req())[0] == "fake"
     runner, desc = B.make_runner("auto", "bundle")

@@ -45,6 +45,19 @@ def test_openvino_and_torch_same_image(tiny_bundle, mask_png, tmp_path, cache):
     assert psnr(outs["torch"], outs["openvino"]) >= 40
 
 
+def test_openvino_runs_freeu_as_torch_does(tiny_bundle, mask_png, tmp_path, cache):
+    outs = {}
+    for backend, freeu in (("torch", "1.3,1.4,0.6,0.3"), ("openvino", "1.3,1.4,0.6,0.3"), ("openvino", None)):
+        out = tmp_path / f"{backend}-{freeu}.png"
+        args = ["run", "--backend", backend, "--checkpoint", tiny_bundle, "--text", CAPTION, "--mask", mask_png,
+                "--steps", 4, "--seed", 5, "--out", out] + (["--freeu", freeu] if freeu else [])
+        r = CliRunner().invoke(main, [str(a) for a in args])
+        assert r.exit_code == 0, r.output
+        outs[backend, freeu] = np.asarray(Image.open(out))
+    assert psnr(outs["torch", "1.3,1.4,0.6,0.3"], outs["openvino", "1.3,1.4,0.6,0.3"]) >= 40
+    assert psnr(outs["openvino", "1.3,1.4,0.6,0.3"], outs["openvino", None]) < 40  # FreeU is on, not dropped
+
+
 def test_openvino_matches_onnxruntime_per_network(tiny_export, cache):
     ov, ort = OpenVinoRunner(tiny_export), OrtRunner(tiny_export, providers=["CPUExecutionProvider"])
     g = torch.Generator().manual_seed(11)

@@ -57,7 +57,7 @@ def test_onnx_auto_backend_exports_into_cache(tiny_bundle, tmp_path, monkeypatch
         r = CliRunner().invoke(main, ["run", "--checkpoint", str(tiny_bundle), "--text", CAPTION, "--steps", "2",
                                       "--out", str(tmp_path / "auto.png")])
         assert r.exit_code == 0, r.output
-        assert "backend: onnxruntime" in r.output
+        assert "backend: onnxruntime" in r.output or "backend: openvino" in r.output  # openvino where installed
     exports = list((tmp_path / "cache" / "onnx").iterdir())
     assert len(exports) == 1 and (exports[0] / "manifest.json").is_file()
     assert not [p for p in (tmp_path / "cache" / "onnx").iterdir() if p.name.startswith(".")]

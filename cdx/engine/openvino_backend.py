@@ -1,15 +1,19 @@
 """Registers the "openvino" backend (cdx/engine/openvino_runner.py) in the backend registry.
 
-Auto's order on a CPU: after onnxruntime until a committed measurement shows openvino faster end to end
-on this project's CPU (benchmarks/results/, docs/performance.md). Auto never picks it for CUDA (torch's
-CUDA path comes first there) or for another dtype than fp32.
+Auto's order on a CPU: ahead of onnxruntime on an x86 CPU where openvino is installed, because it measures
+faster end to end there (2-core AMD EPYC, AVX2, shipped model, 10 steps: 285 ms against 341 ms;
+benchmarks/results/2026-12-04-cpu-backends-all.json). Auto does not pick it on other CPUs (unmeasured),
+where a CUDA device is present (torch's CUDA path comes first there) or for another dtype than fp32.
 """
 from __future__ import annotations
+
+import platform
 
 import torch
 
 from ..models.bundle import bundle_hash
-from .backends import Backend, BackendRequest, _check_guidance, _dtype_name, register_backend
+from . import backends
+from .backends import Backend, BackendRequest, _check_built_in, _dtype_name, register_backend
 from .export_cache import cached_export
 
 
@@ -27,9 +31,14 @@ def _why_not(req: BackendRequest) -> str | None:
     return None
 
 
+X86 = ("x86_64", "amd64", "i686", "x86")
+
+
 def _auto_why_not(req: BackendRequest) -> str | None:
-    if req.device is None and torch.cuda.is_available():
+    if req.device is None and backends._cuda_visible():
         return "a CUDA device is here (auto uses a GPU backend)"
+    if platform.machine().lower() not in X86:
+        return f"auto picks it on x86 CPUs only, where it was measured faster (this is {platform.machine()})"
     return _why_not(req)
 
 
@@ -40,16 +49,36 @@ def _factory(req: BackendRequest):
     if req.engine_dir is not None:
         expect = bundle_hash(req.checkpoint) if req.checkpoint is not None else None  # refuse a foreign export
         runner = OpenVinoRunner(req.engine_dir, expect_bundle_hash=expect, threads=threads)
-        _check_guidance(runner, req.guidance, req.engine_dir)
+        _check_built_in(runner, req)
         return runner
-    folder = cached_export(req.checkpoint, req.progress, req.guidance)
+    folder = cached_export(req.checkpoint, req.progress, req.guidance, req.freeu)
     return OpenVinoRunner(folder, expect_bundle_hash=bundle_hash(req.checkpoint), threads=threads)
 
 
 def _describe(runner) -> str:
     from .openvino_runner import openvino_version
 
-    return f"openvino {openvino_version()} (CPU, {runner.precision}, {runner.threads} threads) on {runner.folder}"
+    precision = f"int8 {'+'.join(sorted(runner.int8))}, else {runner.precision}" if runner.int8 else runner.precision
+    return f"openvino {openvino_version()} (CPU, {precision}, {runner.threads} threads) on {runner.folder}"
 
 
-register_backend(Backend("openvino", _why_not, _factory, _describe, _auto_why_not))
+def _int8_why_not(req: BackendRequest) -> str | None:
+    from .openvino_int8 import nncf_version
+
+    if nncf_version() is None:
+        return "nncf is not installed (pip install 'cdx[openvino]')"
+    return _why_not(req)
+
+
+def _int8_factory(req: BackendRequest):
+    from .openvino_int8 import int8_models
+
+    runner = _factory(req)
+    runner.use_int8(int8_models(runner))
+    return runner
+
+
+register_backend(Backend("openvino", _why_not, _factory, _describe, _auto_why_not), before="onnxruntime")
+# int8 changes the image (its quality is measured by `cdx eval`, README): asked for by name, never by auto
+register_backend(Backend("openvino-int8", _int8_why_not, _int8_factory, _describe,
+                         lambda req: "auto does not pick it (8-bit changes the image); ask for --backend openvino-int8"))

@@ -55,6 +55,7 @@ class OpenVinoRunner:
         self.precision = precision  # "f32": the export's own arithmetic, so the image matches torch's
         self.cache = compiled_cache_dir(self.manifest) if cache else None
         self.core = ov.Core()
+        self.int8: dict[str, Path] = {}  # network -> its int8 model (openvino_int8.py), read instead of the export
         self._read: dict[str, object] = {}
         self._compiled: dict[tuple[str, int], object] = {}
         self._requests: dict[tuple[str, int], object] = {}
@@ -67,9 +68,17 @@ class OpenVinoRunner:
             props["CACHE_DIR"] = str(self.cache)
         return props
 
+    def use_int8(self, models: dict[str, Path]) -> None:
+        """Run these networks from their int8 models from now on."""
+        self.int8 = dict(models)
+        for key in [k for k in self._compiled if k[0] in self.int8]:
+            del self._compiled[key], self._requests[key]
+        for name in self.int8:
+            self._read.pop(name, None)
+
     def _model(self, network: str):
         if network not in self._read:
-            path = self.folder / self.manifest["networks"][network]["file"]
+            path = self.int8.get(network) or self.folder / self.manifest["networks"][network]["file"]
             try:
                 self._read[network] = self.core.read_model(str(path))
             except Exception as e:  # OpenVINO raises RuntimeError with a multi-line trace for a corrupt model
