@@ -28,6 +28,7 @@ from cdx.engine.sampler import Shaping, draw_noise, make_shaping, sample
 from cdx.engine.schedule import alphas_cumprod, linear_betas, make_table
 from cdx.engine.torch_cuda import (CudaTorchRunner, SdpaAttnBlock, SdpaCrossAttention, cuda_runner,
                                    keep_norms_fp32, use_sdpa)
+from cdx.export.head_pad import padded_dim
 from cdx.models.autoencoder import AttnBlock
 from cdx.models.config import preset
 from cdx.models.random_init import random_model
@@ -490,6 +491,25 @@ def test_cuda_torch_runner_low_precision_layout(micro_model):
     keep_norms_fp32(unet)  # idempotent
 
 
+def test_cuda_torch_runner_padded_heads_are_exact(micro_model):
+    heads = {(m.to_q.out_features // m.heads) for m in micro_model.modules() if isinstance(m, CrossAttention)}
+    assert any(padded_dim(d, 8) != d for d in heads), heads  # some heads get padded, so the check can fail
+    ref = TorchRunner(micro_model)
+    fast = cuda_runner(copy.deepcopy(micro_model), "fp32", "cpu", pad_heads=8)
+    padded = [m for m in fast.model.modules() if isinstance(m, CrossAttention)]
+    assert padded and all(padded_dim(m.to_q.out_features // m.heads, 8) == m.to_q.out_features // m.heads
+                          for m in padded)
+    assert all(type(m) is SdpaCrossAttention for m in padded)
+    g = torch.Generator().manual_seed(3)
+    for net in ("text_unet", "mask_unet", "text_diffuser", "mask_diffuser"):
+        spec = ref.specs[net]
+        inputs = {"x": torch.randn(2, 3, 8, 8, generator=g), "t": torch.randint(0, 1000, (2,), generator=g),
+                  "context": torch.randn(spec.inputs[2].concrete(2), generator=g)}
+        want, got = ref.run(net, inputs), fast.run(net, inputs)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- the benchmark driver and script
 
 def load_bench_gpu():
@@ -524,6 +544,17 @@ def test_bench_gpu_dry_run_exercises_every_stage(tmp_path, monkeypatch):
     assert rep["checks"]["torch-fp16-graph"]["1"]["psnr_db_vs_strict_fp32"] >= 30
     assert rep["checks"]["eager-fp32"]["1"]["max_abs_vs_strict_fp32"] == 0  # on CPU TF32 plays no part
     assert "DRY RUN" in (tmp_path / "bench_gpu.md").read_text()
+
+
+def test_bench_gpu_dry_run_padded_heads_variant_matches_fp32(tmp_path, monkeypatch):
+    bench = load_bench_gpu()
+    monkeypatch.setattr(bench, "get_preset", lambda name: micro_config())
+    rc = bench.main(["--dry-run", "--out", str(tmp_path), "--steps", "1", "--variants",
+                     "eager-fp32,torch-fp16-graph-streams-pad8"])
+    assert rc == 0
+    rep = json.loads((tmp_path / "bench_gpu.json").read_text())
+    assert rep["variants"]["torch-fp16-graph-streams-pad8"]["1"] == "ok"
+    assert rep["checks"]["torch-fp16-graph-streams-pad8"]["1"]["psnr_db_vs_strict_fp32"] >= 30
 
 
 def test_bench_gpu_dry_run_random_model_draws_every_parameter():

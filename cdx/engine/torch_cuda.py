@@ -7,6 +7,11 @@ subclass, only in the model handed to `CudaTorchRunner`, so the default CPU path
 As in the official fp16 conversion, the UNets' GroupNorm32 layers keep fp32 parameters (they
 normalise in fp32 and cast back). Encoders stay fp32: they run once per request.
 
+`pad_heads=8` zero-pads every attention head of the UNets and diffusers to a multiple of 8 (at least 16;
+`cdx.export.head_pad`, exact) before SDPA sees them: the official heads are 12/18/30 channels wide (2/3/5
+in the diffusers), below what SDPA's fused flash and memory-efficient kernels take, so unpadded they fall
+back to the math kernel. Off by default until measured on a GPU (`benchmarks/bench_gpu.py` has the variant).
+
 Channels-last is off by default: torch's CUDA GroupNorm takes NCHW only, and nearly every UNet
 convolution follows a GroupNorm, so NHWC weights would add two layout copies per convolution;
 `benchmarks/bench_gpu.py` measures both. The same code runs on CPU tensors, for the tests.
@@ -85,10 +90,17 @@ class CudaTorchRunner(TorchRunner):
 
     def __init__(self, model: CollaborativeModel, device: str | torch.device = "cuda", dtype=torch.float16,
                  channels_last: bool = False, sdpa: bool = True, vae_dtype: torch.dtype | None = None,
-                 cudnn_benchmark: bool = True, streams: int = STREAMS):
-        super().__init__(model, device, dtype)  # moves the model, casts UNets and diffusers to `dtype`
+                 cudnn_benchmark: bool = True, streams: int = STREAMS, pad_heads: int = 0):
         if streams < 1:
             raise ValueError(f"streams must be >= 1, got {streams}")
+        self.pad_heads = int(pad_heads)
+        if self.pad_heads:  # in fp32, before the cast: the padding is exact
+            from ..export.head_pad import pad_attention_heads
+
+            for m in model.cfg.modalities:
+                for net in (model.unets[m.name], model.diffusers[m.name]):
+                    pad_attention_heads(net, multiple=self.pad_heads)
+        super().__init__(model, device, dtype)  # moves the model, casts UNets and diffusers to `dtype`
         self.streams = int(streams)  # the CUDA-graph loop spreads a step's 2M networks over this many streams
         self.vae_dtype = dtype if vae_dtype is None else vae_dtype
         self.channels_last, self.sdpa = channels_last, sdpa
