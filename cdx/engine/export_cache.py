@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from ..defaults import cache_subdir
 from ..errors import CdxError, StaleArtifactError
 from ..models.bundle import load_bundle, read_manifest, verified_bundle_hash
 from ..models.config import ModelConfig
 
+T = TypeVar("T")
 SLOTS = 3  # entries tried per key: a slot taken by a foreign file or folder falls through to the next
 
 
@@ -30,32 +32,44 @@ def cached_export(checkpoint: Path, progress=None, guidance: dict[str, float] | 
     the effective config, which includes the guidance scales that override the bundle's)."""
     from ..export.manifest import read_export_manifest
     from ..export.onnx_export import DEFAULT_OPSET, export_bundle
-    from ..io import artifact_format
-
     digest = verified_bundle_hash(checkpoint)  # every file against bundle.json (hashed once, then by stat)
     cfg = _guided_cfg(ModelConfig.from_dict(read_manifest(checkpoint)["config"]), guidance).with_freeu(freeu)
     key = cache_key(digest, cfg, DEFAULT_OPSET)
-    root = cache_subdir("onnx")
-    for slot in range(SLOTS):
-        folder = root / (key if slot == 0 else f"{key}-{slot}")
-        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-            continue
-        if folder.is_dir() and any(folder.iterdir()):
-            if artifact_format(folder) != "cdx-onnx":
-                continue  # not ours: never replaced, never deleted
-            try:
-                read_export_manifest(folder, expect_bundle_hash=digest,
-                                     expect_config=json.loads(json.dumps(cfg.to_dict())))
-                return folder
-            except StaleArtifactError:
-                fresh = False  # damaged or tampered with: export it again in its place
-        else:
-            fresh = True
+
+    def verify(folder: Path) -> Path:
+        read_export_manifest(folder, expect_bundle_hash=digest, expect_config=json.loads(json.dumps(cfg.to_dict())))
+        return folder
+
+    def build(folder: Path, fresh: bool) -> Path:
         model = load_bundle(checkpoint)
         model.cfg = cfg
         export_bundle(checkpoint, folder, model=model, progress=progress, overwrite=not fresh, keep_existing=fresh)
         return folder
-    raise CdxError(f"the export cache {root} holds files cdx did not write under the key {key}; move them away "
+
+    return cached_entry(cache_subdir("onnx"), key, "cdx-onnx", verify, build, "export cache")
+
+
+def cached_entry(root: Path, key: str, fmt: str, verify: Callable[[Path], T], build: Callable[[Path, bool], T],
+                 what: str) -> T:
+    """A cache entry under `root`: the first of SLOTS slots for `key` that `verify` accepts, else `build(folder,
+    fresh)` in the first slot that is empty (fresh) or holds a damaged entry of format `fmt` (`verify` raised
+    StaleArtifactError). A slot holding anything cdx did not write is never replaced or deleted."""
+    from ..io import artifact_format
+
+    for slot in range(SLOTS):
+        folder = root / (key if slot == 0 else f"{key}-{slot}")
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            continue
+        fresh = not (folder.is_dir() and any(folder.iterdir()))
+        if not fresh:
+            if artifact_format(folder) != fmt:
+                continue  # not ours: never replaced, never deleted
+            try:
+                return verify(folder)
+            except StaleArtifactError:
+                pass  # damaged or tampered with: made again in its place
+        return build(folder, fresh)
+    raise CdxError(f"the {what} {root} holds files cdx did not write under the key {key}; move them away "
                    "(or set CDX_CACHE to another folder)")
 
 

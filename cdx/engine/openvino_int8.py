@@ -35,7 +35,6 @@ FORMAT = "cdx-openvino-int8"
 CALIBRATION_SEED = 74000
 RECIPE = {"version": 1, "tool": "nncf", "model_type": "transformer", "preset": "mixed", "faces": 16,
           "batch": 8, "steps": 20, "seed": CALIBRATION_SEED, "kinds": ["unet", "diffuser"]}
-SLOTS = 3
 
 
 def nncf_version() -> str | None:
@@ -133,24 +132,17 @@ def int8_models(runner, notice: Callable[[str], None] = _stderr, recipe: dict = 
     import openvino as ov
 
     from ..integrity import file_sha256
-    from ..io import artifact_format, atomic_folder
+    from ..io import atomic_folder
+    from .export_cache import cached_entry
 
     digest = runner.manifest["digest"]
     key = recipe_key(digest, recipe)
-    root = cache_subdir("openvino-int8")
-    for slot in range(SLOTS):
-        folder = root / (key if slot == 0 else f"{key}-{slot}")
-        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-            continue
-        fresh = not (folder.is_dir() and any(folder.iterdir()))
-        if not fresh:
-            if artifact_format(folder) != FORMAT:
-                continue  # not ours: never replaced, never deleted
-            try:
-                man = read_int8_manifest(folder, digest, recipe)
-                return {name: folder / f for name, f in man["networks"].items()}
-            except StaleArtifactError:
-                pass  # damaged: quantized again in its place
+
+    def verify(folder: Path) -> dict[str, Path]:
+        man = read_int8_manifest(folder, digest, recipe)
+        return {name: folder / f for name, f in man["networks"].items()}
+
+    def build(folder: Path, fresh: bool) -> dict[str, Path]:
         names = quantized_networks(runner.specs)
         notice(f"openvino-int8: calibrating on {recipe['faces']} synthetic faces, {recipe['steps']} steps (first use)")
         feeds = calibration_feeds(runner, recipe)
@@ -165,5 +157,5 @@ def int8_models(runner, notice: Callable[[str], None] = _stderr, recipe: dict = 
                    "files": {f: file_sha256(tmp / f) for f in files}}
             (tmp / "int8.json").write_text(json.dumps(man, indent=1))
         return {name: folder / f"{name}.xml" for name in names}
-    raise CdxError(f"the int8 cache {root} holds files cdx did not write under the key {key}; move them away "
-                   "(or set CDX_CACHE to another folder)")
+
+    return cached_entry(cache_subdir("openvino-int8"), key, FORMAT, verify, build, "int8 cache")
