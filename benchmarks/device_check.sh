@@ -5,16 +5,17 @@
 #
 # Writes at most five files under $OUT (the device tool brings back 8 at most):
 #   summary.json, summary.md   what ran, how it ended, the environment, the benchmark goal
-#   bench_gpu.json             `cdx bench`-format results of benchmarks/bench_gpu.py
+#   bench_gpu.json             the results of `cdx bench --variants` (every GPU variant side by side)
 #   bench_kernel.json          benchmarks/bench_kernel.py
 #   device_check.log           every stage's full output
 # Every stage runs under `timeout`, cut to what is left of CHECK_BUDGET_S (default 540 s), so one hang
 # cannot eat the lease. Without a CUDA device it says so, writes a summary saying so, and exits 0.
 #
 # Environment: OUT (default ./device_check_out), PYTHON (default python3), CHECK_BUDGET_S,
-# BENCH_ARGS (extra bench_gpu.py arguments), STAGES (default "install pytest bench_kernel bench_gpu":
-# the stages to run, in that order), DEVICE_CHECK_DRY_RUN=1 (run every stage on the CPU with
-# the tiny preset, to test this script; it measures nothing about a GPU).
+# BENCH_ARGS (extra `cdx bench --variants` arguments; the last of a repeated option wins),
+# STAGES (default "install pytest bench_kernel bench_gpu": the stages to run, in that order),
+# DEVICE_CHECK_DRY_RUN=1 (run every stage on the CPU with the tiny preset, to test this script; it
+# measures nothing about a GPU).
 set -u
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -183,7 +184,8 @@ elif "$PY" -c "import pytest" 2>/dev/null; then
   # The GPU tests: every test of test_cuda_graph.py (its CPU tests are quick) and the kernel file's GPU ones.
   # --noconftest: the GPU tests need none of conftest's fixtures, and its imports need no more packages.
   stage pytest "$(cap 180)" "$PY" -m pytest -p no:cacheprovider --noconftest -q -rs \
-    --junitxml="$WORK/pytest.xml" tests/test_cuda_graph.py tests/test_kernel_collaborate.py -k "gpu or cuda"
+    --junitxml="$WORK/pytest.xml" tests/test_cuda_graph.py tests/test_kernel_collaborate.py \
+    tests/test_group_norm_silu.py tests/test_paired_unet.py -k "gpu or cuda"
 else
   say "pytest is not installed: the GPU tests did not run"
   echo "pytest skipped 0" >> "$WORK/stages.txt"
@@ -199,13 +201,17 @@ fi
 
 if ! want bench_gpu; then
   :
-elif [ "$DRY" = "1" ]; then
-  T=$(cap 300)
-  stage bench_gpu "$T" "$PY" benchmarks/bench_gpu.py --dry-run --out "$OUT" --budget-s $(( T - 40 )) \
-    --variants eager-fp32,torch-fp16-graph,tensorrt-fp16 ${BENCH_ARGS:-}
 else
-  T=$(cap 330)
-  stage bench_gpu "$T" "$PY" benchmarks/bench_gpu.py --out "$OUT" --budget-s $(( T - 60 )) ${BENCH_ARGS:-}
+  BENCH=("$PY" -m cdx bench --json "$OUT/bench_gpu.json" --markdown "$OUT/bench_gpu.md")
+  if [ "$DRY" = "1" ]; then
+    T=$(cap 300)
+    stage bench_gpu "$T" "${BENCH[@]}" --budget-s $(( T - 40 )) --device cpu --preset tiny --batch 1 --steps 2 \
+      --runs 1 --variants eager-fp32,torch-fp16-graph,tensorrt-fp16 ${BENCH_ARGS:-}
+  else
+    T=$(cap 330)
+    stage bench_gpu "$T" "${BENCH[@]}" --budget-s $(( T - 60 )) --variants default --preset official-256 \
+      --batch 4,1 --steps 50 --runs 3 ${BENCH_ARGS:-}
+  fi
 fi
 
 FAILED=$(awk '$2 != "0" && $2 != "skipped"' "$WORK/stages.txt" | wc -l)

@@ -37,7 +37,7 @@ if [ "$DRY" = "1" ]; then  # tiny and short: this checks the script, not the mod
   BARGS=""
 else
   PRESET=small D=(48000 12 cuda 1.3 3.0 1.0 32 256 128) BENCH_S=170 EVAL_DEV=cuda
-  BARGS="--batches 4 --runs 2 --variants eager-fp32,torch-fp16-graph,torch-fp16,torch-fp16-graph-loop"
+  BARGS="--batch 4 --runs 2 --variants eager-fp32,torch-fp16-graph,torch-fp16,torch-fp16-graph-loop"
   BARGS+=",torch-fp16-graph-unfused,torch-fp16-graph-streams,torch-fp16-graph-cl"
 fi
 DATA=${DATA:-${D[0]}} WORKERS=${D[1]} DEV=${D[2]} VAE_MIN=${VAE_MIN:-${D[3]}} COL_MIN=${COL_MIN:-${D[4]}}

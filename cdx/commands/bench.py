@@ -1,6 +1,7 @@
 """`cdx bench`: latency per network, per step and end to end, per backend."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -32,25 +33,33 @@ def random_bundle(preset: str) -> Path:
 
 @main.command()
 @checkpoint_option
-@click.option("--preset", default=None, help="Bench a preset with random weights instead (e.g. official-256).")
+@click.option("--preset", default=None, help="Bench a preset with random weights instead (e.g. official-256; "
+                                             "the default with --variants).")
 @click.option("--backends", default="torch,onnxruntime", show_default=True,
               help="Comma-separated backends, or all (every registered one that can run here; the others are "
                    "listed with the reason).")
-@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--variants", default=None,
+              help="Bench the GPU variants of the loop instead of backends: default, all, or comma-separated "
+                   "names (cdx.engine.variants). Random weights; --device cpu makes it a dry run.")
+@click.option("--batch", default="1", show_default=True, help="Batch size, or comma-separated sizes.")
 @click.option("--steps", type=int, default=10, show_default=True)
 @click.option("--runs", type=int, default=5, show_default=True)
 @click.option("--warmup", type=int, default=1, show_default=True)
 @click.option("--stages", default="networks,step,end_to_end", show_default=True)
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="Mask for the end-to-end stage.")
-@click.option("--device", default=None, help="cpu or cuda (torch backend).")
+@click.option("--device", default=None, help="cpu or cuda (torch backend; --variants: cuda unless cpu is given).")
 @click.option("--engine-dir", type=click.Path(path_type=Path), default=None,
               help="An export or TensorRT engine folder to bench (the tensorrt backend needs one).")
+@click.option("--budget-s", type=float, default=None,
+              help="--variants: start no variant after this many seconds (the others are recorded as skipped).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None,
+              help="--variants: the report's table as Markdown too.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
 @friendly
-def bench(checkpoint, preset, backends, batch, steps, runs, warmup, stages, mask, device, engine_dir, json_path,
-          plot_path):
-    """Median latency after warm-up, side by side for several backends."""
+def bench(checkpoint, preset, backends, variants, batch, steps, runs, warmup, stages, mask, device, engine_dir,
+          budget_s, json_path, md_path, plot_path):
+    """Median latency after warm-up, side by side for several backends (or GPU variants)."""
     from ..defaults import default_checkpoint
     from ..devices import check_device
     from ..engine.backends import backend_names, make_runner
@@ -60,13 +69,30 @@ def bench(checkpoint, preset, backends, batch, steps, runs, warmup, stages, mask
 
     if checkpoint and preset:
         raise InputError("give --checkpoint or --preset, not both")
-    if batch < 1 or steps < 1 or runs < 1 or warmup < 0:
+    try:
+        batches = [int(b) for b in batch.split(",")]
+    except ValueError:
+        raise InputError(f"--batch {batch}: give a batch size or comma-separated sizes") from None
+    if min(batches) < 1 or steps < 1 or runs < 1 or warmup < 0:
         raise InputError("--batch, --steps and --runs must be >= 1, --warmup >= 0")
-    if plot_path:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise InputError("--plot needs matplotlib (pip install matplotlib); drop --plot to bench without it") from None
+    if plot_path and importlib.util.find_spec("matplotlib") is None:
+        raise InputError("--plot needs matplotlib (pip install matplotlib); drop --plot to bench without it")
+    for flag, p in (("--json", json_path), ("--markdown", md_path), ("--plot", plot_path)):
+        if p is not None:
+            check_output_file(p, flag)
+    if variants is not None:
+        if checkpoint:
+            raise InputError("--variants benches random weights: give --preset, not --checkpoint")
+        if device is None:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise InputError("--variants measures GPU variants and no CUDA device is visible here; add "
+                                 "--device cpu for a dry run")
+        return bench_variants(variants, preset or "official-256", check_device(device or "cuda"), batches, steps,
+                              runs, warmup, engine_dir, budget_s, json_path, md_path)
+    if md_path or budget_s is not None:
+        raise InputError("--markdown and --budget-s go with --variants")
     every = backends.strip() == "all"
     names = backend_names() if every else [b.strip() for b in backends.split(",") if b.strip()]
     unknown = [b for b in names if b not in backend_names()]
@@ -78,9 +104,6 @@ def bench(checkpoint, preset, backends, batch, steps, runs, warmup, stages, mask
         from ..models.masks import load_label_map
 
         load_label_map(mask)
-    for flag, p in (("--json", json_path), ("--plot", plot_path)):
-        if p is not None:
-            check_output_file(p, flag)
     stage_set = tuple(s.strip() for s in stages.split(","))
     if not stage_set or not set(stage_set) <= set(STAGES):
         raise InputError(f"--stages {stages}: choose from {', '.join(STAGES)}")
@@ -100,8 +123,12 @@ def bench(checkpoint, preset, backends, batch, steps, runs, warmup, stages, mask
         runners[backend] = runner
     if not runners:
         raise CdxError("no backend could run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    results, detail = bench_runners(runners, preset or next(iter(runners.values())).cfg.preset, batch, steps, runs,
-                                    warmup, stage_set, mask=mask, log=lambda s: click.echo(s, err=True))
+    results, detail = [], {}
+    for b in batches:
+        res, det = bench_runners(runners, preset or next(iter(runners.values())).cfg.preset, b, steps, runs,
+                                 warmup, stage_set, mask=mask, log=lambda s: click.echo(s, err=True))
+        results += res
+        detail.update(det if len(batches) == 1 else {f"{k} b={b}": v for k, v in det.items()})
     click.echo(table_text(results))
     if json_path:
         atomic_write_text(json_path, json.dumps(report(results, detail, skipped=skipped, runs=runs, warmup=warmup),
@@ -110,3 +137,37 @@ def bench(checkpoint, preset, backends, batch, steps, runs, warmup, stages, mask
     if plot_path:
         plot(results, plot_path)
         click.echo(f"wrote {plot_path}")
+
+
+def bench_variants(spec, preset, device, batches, steps, runs, warmup, engine_dir, budget_s, json_path, md_path):
+    """`cdx bench --variants`: the GPU variants side by side, the report rewritten after each measurement."""
+    from ..engine.variants import VariantBench, variant_names
+    from ..errors import CdxError, InputError
+    from ..io import atomic_write_text
+    from ..models.config import PRESETS, preset as get_preset
+
+    try:
+        names = variant_names(spec)
+    except ValueError as e:
+        raise InputError(f"--variants: {e}") from None
+    if preset not in PRESETS:
+        raise InputError(f"--preset {preset}: unknown; choose one of {', '.join(PRESETS)}")
+
+    def write(rep: dict, md: str) -> None:
+        if json_path:
+            atomic_write_text(json_path, json.dumps(rep, indent=1, default=str))
+        if md_path:
+            atomic_write_text(md_path, md)
+
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(device.index or 0)  # set_device refuses a device without an index
+    vb = VariantBench(get_preset(preset), device, steps, batches, runs, warmup, engine_dir=engine_dir,
+                      budget_s=float("inf") if budget_s is None else budget_s, write=write,
+                      log=lambda s: click.echo(s, err=True))
+    failed = vb.run(names)
+    click.echo(vb.markdown())
+    if failed:
+        raise CdxError(f"{failed} variant measurement(s) failed (the report says which and why)")
+

@@ -75,14 +75,26 @@ def machine_info() -> dict:
     except OSError:
         pass
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+        from ..kernels import select_kernel
+
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    compute_capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(), collaborate_kernel=select_kernel("cuda"),
+                    matmul_tf32_default=torch.backends.cuda.matmul.allow_tf32,
+                    cudnn_tf32_default=torch.backends.cudnn.allow_tf32)
     return info
 
 
-def device_name(runner: Runner) -> str:
-    if runner.device.type == "cuda":
-        return torch.cuda.get_device_name(runner.device)
+def device_label(device: torch.device) -> str:
+    """The card's name, or the CPU's model and core count."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
     return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
+
+
+def device_name(runner: Runner) -> str:
+    return device_label(runner.device)
 
 
 def _sync(runner: Runner) -> None:

@@ -126,8 +126,9 @@ class GraphedLoop:
         self.buf = _Buffers(plan, self.device)
         streams = [torch.cuda.Stream(self.device) for _ in range(streams)] if streams > 1 and \
             self.device.type == "cuda" else []
+        pairs = runner.pair_calls(plan.names) if hasattr(runner, "pair_calls") else {}
         self._step = CollaborativeStep(self._launch, plan.names, self.buf.contexts, self.buf.eps, self.buf.logits,
-                                       streams, self.combine)
+                                       streams, self.combine, pairs)
         self.graph = None
 
     def networks(self) -> None:

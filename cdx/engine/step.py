@@ -56,13 +56,18 @@ Weighting = Callable[[int, torch.Tensor, StepInfluence], torch.Tensor]
 
 
 class CollaborativeStep:
-    """Algorithm 2's loop body over M modalities: `launch` runs a network, `contexts` are their conditions."""
+    """Algorithm 2's loop body over M modalities: `launch` runs a network, `contexts` are their conditions.
+
+    `pairs` (optional) maps a part ("unet", "diffuser") to one call that runs that part of every modality,
+    (x, t, contexts) -> the stacked outputs (M, B, ., h, w); a runner offers them as `pair_calls(names)`
+    (CudaTorchRunner(pair_unets=True))."""
 
     def __init__(self, launch: Launch, names: Sequence[str], contexts: Sequence[torch.Tensor],
-                 eps: torch.Tensor, logits: torch.Tensor, streams: Sequence = (), combine: Callable | None = None):
+                 eps: torch.Tensor, logits: torch.Tensor, streams: Sequence = (), combine: Callable | None = None,
+                 pairs: dict[str, Callable] | None = None):
         self.launch, self.names, self.contexts = launch, tuple(names), list(contexts)
         self.eps, self.logits = eps, logits  # (M, B, C, h, w), (M, B, 1, h, w): written by the networks
-        self.streams, self.combine = list(streams), combine or collaborate
+        self.streams, self.combine, self.pairs = list(streams), combine or collaborate, dict(pairs or {})
 
     @classmethod
     def plain(cls, launch: Launch, names, contexts, x: torch.Tensor, eps_dtype=torch.float32,
@@ -74,23 +79,23 @@ class CollaborativeStep:
         return cls(launch, names, contexts, eps, logits)
 
     def _jobs(self, part: str, key: str, dest: torch.Tensor):
-        return [(f"{n}_{part}", key, dest[j], c) for j, (n, c) in enumerate(zip(self.names, self.contexts))]
+        """(run(x, t) -> outputs, the stack slot they go to) per call of this part."""
+        if part in self.pairs:
+            return [(lambda x, t: self.pairs[part](x, t, self.contexts), dest)]  # one call, the whole stack
+        return [(lambda x, t, n=n, c=c: self.launch(f"{n}_{part}", {"x": x, "t": t, "context": c})[key], dest[j])
+                for j, (n, c) in enumerate(zip(self.names, self.contexts))]
 
     def _run_all(self, jobs, x, t) -> None:
-        def run(job):
-            network, key, dest, context = job
-            dest.copy_(self.launch(network, {"x": x, "t": t, "context": context})[key])  # -> stack slot
-
         if not self.streams:
-            for job in jobs:
-                run(job)
+            for run, dest in jobs:
+                dest.copy_(run(x, t))
             return
         main = torch.cuda.current_stream(x.device)
         for s in self.streams:
             s.wait_stream(main)
-        for k, job in enumerate(jobs):
+        for k, (run, dest) in enumerate(jobs):
             with torch.cuda.stream(self.streams[k % len(self.streams)]):
-                run(job)
+                dest.copy_(run(x, t))
         for s in self.streams:
             main.wait_stream(s)
 

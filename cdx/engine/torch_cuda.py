@@ -10,19 +10,30 @@ normalise in fp32 and cast back). Encoders stay fp32: they run once per request.
 `pad_heads=8` zero-pads every attention head of the UNets and diffusers to a multiple of 8 (at least 16;
 `cdx.export.head_pad`, exact) before SDPA sees them: the official heads are 12/18/30 channels wide (2/3/5
 in the diffusers), below what SDPA's fused flash and memory-efficient kernels take, so unpadded they fall
-back to the math kernel. Off by default until measured on a GPU (`benchmarks/bench_gpu.py` has the variant).
+back to the math kernel. Off by default until measured on a GPU (`cdx bench --variants` has the variant).
+
+`fuse_norm_silu=True` runs every GroupNorm32 -> SiLU pair of the UNets and diffusers (both halves of each
+ResBlock, the output head) as one Triton kernel (`cdx.kernels.group_norm_silu`) instead of four fp16/fp32
+passes. Off by default until measured on a GPU; inductor fuses the pattern itself.
+
+`pair_unets=True` also builds the two collaborators as one `PairedUNet` (and the two diffusers as another:
+official-256's text and mask networks share one architecture), so a CUDA-graph step runs 2 calls instead
+of 4 (`pair_calls`); the single networks stay for everything else. Off by default until measured.
 
 Channels-last is off by default: torch's CUDA GroupNorm takes NCHW only, and nearly every UNet
 convolution follows a GroupNorm, so NHWC weights would add two layout copies per convolution;
-`benchmarks/bench_gpu.py` measures both. The same code runs on CPU tensors, for the tests.
+`cdx bench --variants` measures both. The same code runs on CPU tensors, for the tests.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 
 from ..models.autoencoder import AttnBlock
 from ..models.collab import CollaborativeModel
+from ..kernels.group_norm_silu import group_norm_silu
 from ..models.unet import CrossAttention, GroupNorm32
 from .runner import TorchRunner
 
@@ -83,6 +94,28 @@ def keep_norms_fp32(module: torch.nn.Module) -> None:
             m.float()
 
 
+class GroupNormSiLU(GroupNorm32):
+    """GroupNorm32 with the SiLU after it folded in: one kernel where Triton runs, else the same torch ops."""
+
+    def forward(self, x):
+        return group_norm_silu(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+def fold_norm_silu(module: torch.nn.Module) -> int:
+    """Fold every GroupNorm32 directly followed by SiLU in a Sequential into GroupNormSiLU (the SiLU
+    becomes Identity), in place; returns how many."""
+    count = 0
+    for seq in module.modules():
+        if not isinstance(seq, torch.nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            if type(seq[i]) is GroupNorm32 and type(seq[i + 1]) is torch.nn.SiLU:
+                seq[i].__class__ = GroupNormSiLU
+                seq[i + 1] = torch.nn.Identity()
+                count += 1
+    return count
+
+
 class CudaTorchRunner(TorchRunner):
     """TorchRunner with the fast-path conversions and `enqueue`; meant for CUDA, runs on any device."""
 
@@ -90,7 +123,8 @@ class CudaTorchRunner(TorchRunner):
 
     def __init__(self, model: CollaborativeModel, device: str | torch.device = "cuda", dtype=torch.float16,
                  channels_last: bool = False, sdpa: bool = True, vae_dtype: torch.dtype | None = None,
-                 cudnn_benchmark: bool = True, streams: int = STREAMS, pad_heads: int = 0):
+                 cudnn_benchmark: bool = True, streams: int = STREAMS, pad_heads: int = 0,
+                 fuse_norm_silu: bool = False, pair_unets: bool = False):
         if streams < 1:
             raise ValueError(f"streams must be >= 1, got {streams}")
         self.pad_heads = int(pad_heads)
@@ -103,7 +137,7 @@ class CudaTorchRunner(TorchRunner):
         super().__init__(model, device, dtype)  # moves the model, casts UNets and diffusers to `dtype`
         self.streams = int(streams)  # the CUDA-graph loop spreads a step's 2M networks over this many streams
         self.vae_dtype = dtype if vae_dtype is None else vae_dtype
-        self.channels_last, self.sdpa = channels_last, sdpa
+        self.channels_last, self.sdpa, self.fuse_norm_silu = channels_last, sdpa, fuse_norm_silu
         model.vae.to(self.vae_dtype)
         loop_nets = [model.unets[m.name] for m in self.cfg.modalities] + \
                     [model.diffusers[m.name] for m in self.cfg.modalities]
@@ -111,10 +145,41 @@ class CudaTorchRunner(TorchRunner):
             keep_norms_fp32(net)
             if sdpa:
                 use_sdpa(net)
+            if fuse_norm_silu and net is not model.vae:
+                fold_norm_silu(net)
             if channels_last:
                 net.to(memory_format=torch.channels_last)  # 4-d conv weights NHWC
+        self.pairs = self._pair_networks() if pair_unets else {}
         if cudnn_benchmark and self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # process-wide: static shapes, autotuned once per shape
+
+    def _pair_networks(self) -> dict:
+        """{part: PairedUNet} for the parts whose two modalities share one architecture."""
+        from ..models.paired_unet import PairedUNet, pairable
+
+        mods = self.cfg.modalities
+        if len(mods) != 2:
+            raise ValueError(f"pair_unets pairs two modalities, this model has {len(mods)}")
+        pairs = {}
+        for part, nets in (("unet", self.model.unets), ("diffuser", self.model.diffusers)):
+            a, b = nets[mods[0].name], nets[mods[1].name]
+            if pairable(a, b) is None:
+                pairs[part] = PairedUNet(a, b).eval()
+        if not pairs:
+            raise ValueError("pair_unets: " + pairable(self.model.unets[mods[0].name], self.model.unets[mods[1].name]))
+        return pairs
+
+    def pair_calls(self, names) -> dict:
+        """{part: (x, t, contexts) -> stacked outputs} for CollaborativeStep, when `names` are the paired
+        modalities in the model's order (else {}: the networks run one by one)."""
+        if tuple(names) != tuple(m.name for m in self.cfg.modalities):
+            return {}
+        return {part: functools.partial(self._run_pair, part) for part in self.pairs}
+
+    @torch.inference_mode()
+    def _run_pair(self, part: str, x, t, contexts):
+        dt = self.net_dtype(f"{self.cfg.modalities[0].name}_{part}")
+        return self.pairs[part](x.to(dt), t, *(c.to(dt) for c in contexts))
 
     def net_dtype(self, name: str):
         if self.specs[name].kind in ("vae_decoder", "vae_encoder"):

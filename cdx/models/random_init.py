@@ -27,5 +27,15 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def random_model(cfg: ModelConfig, seed: int = 0) -> CollaborativeModel:
-    return randomize(CollaborativeModel(cfg), seed).eval()
+@torch.no_grad()
+def random_model(cfg: ModelConfig, seed: int = 0, device: str | torch.device | None = None) -> CollaborativeModel:
+    """The model with `randomize`'s weights; on a device other than the CPU it is allocated and drawn there
+    (built on the meta device first: no default init, no host copy of official-512's weights)."""
+    if device is None or torch.device(device).type == "cpu":
+        return randomize(CollaborativeModel(cfg), seed).eval()
+    with torch.device("meta"):
+        model = CollaborativeModel(cfg)
+    left = [name for name, _ in model.named_buffers()]
+    if left:  # to_empty would leave them uninitialised
+        raise RuntimeError(f"buffers {left[:3]} would be left uninitialised by the meta-device build")
+    return randomize(model.to_empty(device=device), seed).eval()
