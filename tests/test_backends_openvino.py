@@ -12,6 +12,7 @@ pytest.importorskip("openvino", reason="openvino is not installed (pip install '
 
 from cdx.cli import main  # noqa: E402
 from cdx.engine.backends import backend_names, make_runner  # noqa: E402
+from cdx.engine.openvino_backend import native_bf16  # noqa: E402
 from cdx.engine.openvino_runner import OpenVinoRunner  # noqa: E402
 from cdx.engine.ort_runner import OrtRunner  # noqa: E402
 from cdx.errors import CdxError  # noqa: E402
@@ -44,6 +45,32 @@ def test_openvino_and_torch_same_image(tiny_bundle, mask_png, tmp_path, cache):
     assert outs["torch"].std() > 1  # a real picture, not a flat one
     assert psnr(outs["torch"], outs["openvino"]) >= 40
 
+
+needs_bf16 = pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 or AMX)")
+
+
+@needs_bf16
+def test_openvino_bf16_runs_in_bf16_close_to_fp32(tiny_bundle, mask_png, tmp_path, cache):
+    outs = {}
+    for backend in ("openvino", "openvino-bf16"):
+        out = tmp_path / f"{backend}.png"
+        r = CliRunner().invoke(main, [str(a) for a in ["run", "--backend", backend, "--checkpoint", tiny_bundle,
+                                                       "--text", CAPTION, "--mask", mask_png, "--steps", 4,
+                                                       "--seed", 5, "--out", out]])
+        assert r.exit_code == 0, r.output
+        outs[backend] = np.asarray(Image.open(out))
+    assert "CPU, bf16" in r.output
+    db = psnr(outs["openvino"], outs["openvino-bf16"])
+    assert 20 <= db < 60, db  # bf16 arithmetic: near the fp32 image, not equal to it
+
+
+def test_openvino_bf16_is_refused_without_native_bf16(tiny_bundle, monkeypatch):
+    from cdx.engine import openvino_backend
+    from cdx.engine.backends import BackendRequest
+
+    monkeypatch.setattr(openvino_backend, "native_bf16", lambda: False)
+    why = openvino_backend._bf16_why_not(BackendRequest(checkpoint=tiny_bundle))
+    assert why is not None and "no native bf16" in why
 
 def test_openvino_runs_freeu_as_torch_does(tiny_bundle, mask_png, tmp_path, cache):
     outs = {}

@@ -1,9 +1,11 @@
-"""Registers the "openvino" backend (cdx/engine/openvino_runner.py) in the backend registry.
+"""Registers the OpenVINO backends (cdx/engine/openvino_runner.py) in the backend registry: "openvino" (fp32),
+"openvino-bf16" (bf16 arithmetic, on CPUs that have it natively) and "openvino-int8" (NNCF, openvino_int8.py).
 
 Auto's order on a CPU: ahead of onnxruntime on an x86 CPU where openvino is installed, because it measures
-faster end to end there (2-core AMD EPYC, AVX2, shipped model, 10 steps: 285 ms against 341 ms;
-benchmarks/results/2026-12-04-cpu-backends-all.json). Auto does not pick it on other CPUs (unmeasured),
-where a CUDA device is present (torch's CUDA path comes first there) or for another dtype than fp32.
+faster end to end there (2-core AMD EPYC, shipped model, 10 steps: 285 ms against 341 ms with AVX2,
+263 ms against 307 ms with AVX-512; benchmarks/results/2026-12-04-*cpu-backends-all.json). Auto does not
+pick it on other CPUs (unmeasured), where a CUDA device is present (torch's CUDA path comes first there) or
+for another dtype than fp32, and never picks bf16 or int8, which change the image.
 """
 from __future__ import annotations
 
@@ -42,17 +44,33 @@ def _auto_why_not(req: BackendRequest) -> str | None:
     return _why_not(req)
 
 
-def _factory(req: BackendRequest):
+def _factory(req: BackendRequest, precision: str = "f32"):
     from .openvino_runner import OpenVinoRunner
 
     threads = req.options.get("threads")
     if req.engine_dir is not None:
         expect = bundle_hash(req.checkpoint) if req.checkpoint is not None else None  # refuse a foreign export
-        runner = OpenVinoRunner(req.engine_dir, expect_bundle_hash=expect, threads=threads)
+        runner = OpenVinoRunner(req.engine_dir, expect_bundle_hash=expect, threads=threads, precision=precision)
         _check_built_in(runner, req)
         return runner
     folder = cached_export(req.checkpoint, req.progress, req.guidance, req.freeu)
-    return OpenVinoRunner(folder, expect_bundle_hash=bundle_hash(req.checkpoint), threads=threads)
+    return OpenVinoRunner(folder, expect_bundle_hash=bundle_hash(req.checkpoint), threads=threads,
+                          precision=precision)
+
+
+def native_bf16() -> bool:
+    """Whether OpenVINO reports bf16 among this CPU's capabilities (AVX512-BF16 or AMX): elsewhere a bf16 hint
+    is not run in bf16."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _bf16_why_not(req: BackendRequest) -> str | None:
+    why = _why_not(req)
+    if why is None and not native_bf16():
+        return "this CPU has no native bf16 (AVX512-BF16 or AMX), so OpenVINO would not run it in bf16"
+    return why
 
 
 def _describe(runner) -> str:
@@ -80,5 +98,8 @@ def _int8_factory(req: BackendRequest):
 
 register_backend(Backend("openvino", _why_not, _factory, _describe, _auto_why_not), before="onnxruntime")
 # int8 changes the image (its quality is measured by `cdx eval`, README): asked for by name, never by auto
+# bf16 changes the image too (README: its speed and quality beside fp32 and int8)
+register_backend(Backend("openvino-bf16", _bf16_why_not, lambda req: _factory(req, "bf16"), _describe,
+                         lambda req: "auto does not pick it (bf16 changes the image); ask for --backend openvino-bf16"))
 register_backend(Backend("openvino-int8", _int8_why_not, _int8_factory, _describe,
                          lambda req: "auto does not pick it (8-bit changes the image); ask for --backend openvino-int8"))
