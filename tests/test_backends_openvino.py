@@ -32,16 +32,20 @@ def test_openvino_is_registered():
     assert "openvino" in backend_names()
 
 
+def cdx_run(backend, bundle, mask_png, out, *extra):
+    """`cdx run` of one caption and mask, 4 steps, seed 5, on `backend`: (the image, the command's output)."""
+    r = CliRunner().invoke(main, [str(a) for a in ["run", "--backend", backend, "--checkpoint", bundle, "--text",
+                                                   CAPTION, "--mask", mask_png, "--steps", 4, "--seed", 5, "--out",
+                                                   out, *extra]])
+    assert r.exit_code == 0, r.output
+    return np.asarray(Image.open(out)), r.output
+
+
 def test_openvino_and_torch_same_image(tiny_bundle, mask_png, tmp_path, cache):
     outs = {}
     for backend in ("torch", "openvino"):
-        out = tmp_path / f"{backend}.png"
-        r = CliRunner().invoke(main, [str(a) for a in ["run", "--backend", backend, "--checkpoint", tiny_bundle,
-                                                       "--text", CAPTION, "--mask", mask_png, "--steps", 4,
-                                                       "--seed", 5, "--out", out]])
-        assert r.exit_code == 0, r.output
-        assert f"backend: {backend}" in r.output
-        outs[backend] = np.asarray(Image.open(out))
+        outs[backend], output = cdx_run(backend, tiny_bundle, mask_png, tmp_path / f"{backend}.png")
+        assert f"backend: {backend}" in output
     assert outs["torch"].std() > 1  # a real picture, not a flat one
     assert psnr(outs["torch"], outs["openvino"]) >= 40
 
@@ -51,16 +55,10 @@ needs_bf16 = pytest.mark.skipif(not native_bf16(), reason="this CPU has no nativ
 
 @needs_bf16
 def test_openvino_bf16_runs_in_bf16_close_to_fp32(tiny_bundle, mask_png, tmp_path, cache):
-    outs = {}
-    for backend in ("openvino", "openvino-bf16"):
-        out = tmp_path / f"{backend}.png"
-        r = CliRunner().invoke(main, [str(a) for a in ["run", "--backend", backend, "--checkpoint", tiny_bundle,
-                                                       "--text", CAPTION, "--mask", mask_png, "--steps", 4,
-                                                       "--seed", 5, "--out", out]])
-        assert r.exit_code == 0, r.output
-        outs[backend] = np.asarray(Image.open(out))
-    assert "CPU, bf16" in r.output
-    db = psnr(outs["openvino"], outs["openvino-bf16"])
+    fp32, _ = cdx_run("openvino", tiny_bundle, mask_png, tmp_path / "fp32.png")
+    bf16, output = cdx_run("openvino-bf16", tiny_bundle, mask_png, tmp_path / "bf16.png")
+    assert "CPU, bf16" in output
+    db = psnr(fp32, bf16)
     assert 20 <= db < 60, db  # bf16 arithmetic: near the fp32 image, not equal to it
 
 
@@ -72,15 +70,12 @@ def test_openvino_bf16_is_refused_without_native_bf16(tiny_bundle, monkeypatch):
     why = openvino_backend._bf16_why_not(BackendRequest(checkpoint=tiny_bundle))
     assert why is not None and "no native bf16" in why
 
+
 def test_openvino_runs_freeu_as_torch_does(tiny_bundle, mask_png, tmp_path, cache):
     outs = {}
     for backend, freeu in (("torch", "1.3,1.4,0.6,0.3"), ("openvino", "1.3,1.4,0.6,0.3"), ("openvino", None)):
-        out = tmp_path / f"{backend}-{freeu}.png"
-        args = ["run", "--backend", backend, "--checkpoint", tiny_bundle, "--text", CAPTION, "--mask", mask_png,
-                "--steps", 4, "--seed", 5, "--out", out] + (["--freeu", freeu] if freeu else [])
-        r = CliRunner().invoke(main, [str(a) for a in args])
-        assert r.exit_code == 0, r.output
-        outs[backend, freeu] = np.asarray(Image.open(out))
+        outs[backend, freeu], _ = cdx_run(backend, tiny_bundle, mask_png, tmp_path / f"{backend}-{freeu}.png",
+                                          *(["--freeu", freeu] if freeu else []))
     assert psnr(outs["torch", "1.3,1.4,0.6,0.3"], outs["openvino", "1.3,1.4,0.6,0.3"]) >= 40
     assert psnr(outs["openvino", "1.3,1.4,0.6,0.3"], outs["openvino", None]) < 40  # FreeU is on, not dropped
 

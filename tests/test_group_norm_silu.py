@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -58,6 +61,23 @@ def test_a_slab_longer_than_several_blocks(interpret):
     assert (64 // 32) * 32 * 33 > 2 * BLOCK
     torch.testing.assert_close(group_norm_silu_triton(x, 32, weight, bias, 1e-6),
                                group_norm_silu_reference(x, 32, weight, bias, 1e-6), rtol=1e-5, atol=1e-5)
+
+
+@needs_triton
+def test_interpreter_switched_on_after_triton_was_imported():
+    script = """
+import os, torch, triton, triton.language  # compiled mode first, as when another test imported triton
+os.environ["TRITON_INTERPRET"] = "1"
+from cdx.kernels.group_norm_silu import group_norm_silu_reference, group_norm_silu_triton
+g = torch.Generator().manual_seed(7)
+x, w, b = 3 * torch.randn(2, 64, 8, 8, generator=g) + 0.5, torch.randn(64, generator=g), torch.randn(64, generator=g)
+err = (group_norm_silu_triton(x, 32, w, b, 1e-5) - group_norm_silu_reference(x, 32, w, b, 1e-5)).abs().max()
+print(float(err))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-5
 
 
 def test_without_the_kernel_it_is_the_reference(monkeypatch):

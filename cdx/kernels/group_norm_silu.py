@@ -10,7 +10,9 @@ itself, so this serves the eager and CUDA-graph paths (`CudaTorchRunner(fuse_nor
 
 One program per slab gives B*G programs (128 at batch 4), fewer than an H200 has SMs; the slab loop is
 unrolled over a constexpr count because Triton's interpreter cannot range() over a runtime int with
-NumPy >= 2.5. CPU tensors run the kernel only under TRITON_INTERPRET=1; `group_norm_silu` falls back
+NumPy >= 2.5. The kernel calls no @jit library function (tl.sum, tl.zeros): those are built when triton is
+imported, so under an interpreter switched on after that import they cannot be called. The sums are
+`tl.reduce` with Triton's own sum combine, which the interpreter recognises and sums in NumPy. CPU tensors run the kernel only under TRITON_INTERPRET=1; `group_norm_silu` falls back
 to the torch ops wherever the kernel cannot run (the reference, `group_norm_silu_reference`).
 """
 from __future__ import annotations
@@ -42,18 +44,18 @@ def _build_kernel():
         base = pid * GS
         c0 = (pid % G) * CPG
         lanes = tl.arange(0, BLOCK)
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        acc = tl.full([BLOCK], 0.0, tl.float32)
         for i in range(ITERS):
             idx = i * BLOCK + lanes
             acc += tl.load(x_ptr + base + idx, mask=idx < GS, other=0.0).to(tl.float32)
-        mean = tl.sum(acc, axis=0) / GS
-        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        mean = tl.reduce(acc, 0, tl.standard._sum_combine) / GS
+        acc = tl.full([BLOCK], 0.0, tl.float32)
         for i in range(ITERS):
             idx = i * BLOCK + lanes
             m = idx < GS
             d = tl.where(m, tl.load(x_ptr + base + idx, mask=m, other=0.0).to(tl.float32) - mean, 0.0)
             acc += d * d
-        rstd = 1.0 / tl.sqrt(tl.sum(acc, axis=0) / GS + eps)
+        rstd = 1.0 / tl.sqrt(tl.reduce(acc, 0, tl.standard._sum_combine) / GS + eps)
         for i in range(ITERS):
             idx = i * BLOCK + lanes
             m = idx < GS
