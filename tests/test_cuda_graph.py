@@ -543,8 +543,11 @@ def bench_variants(tmp_path, monkeypatch, *args):
 def test_bench_variants_dry_run_exercises_every_stage(tmp_path, monkeypatch):
     names = ["eager-fp32", "torch-fp16-graph", "torch-fp16-graph-streams-pad8", "torch-fp16-graph-streams-paired",
              "tensorrt-fp16"]
-    r = bench_variants(tmp_path, monkeypatch, "--device", "cpu", "--variants", ",".join(names))
+    plot = importlib.util.find_spec("matplotlib") is not None  # the plot extra
+    r = bench_variants(tmp_path, monkeypatch, "--device", "cpu", "--variants", ",".join(names),
+                       *(["--plot", str(tmp_path / "bench_gpu.png")] if plot else []))
     assert r.exit_code == 0, r.output
+    assert not plot or (tmp_path / "bench_gpu.png").stat().st_size > 0
     rep = json.loads((tmp_path / "bench_gpu.json").read_text())
     assert rep["dry_run"] is True and "note" in rep["goal"]
     assert {"machine", "results"} <= set(rep) and rep["results"]
@@ -563,6 +566,8 @@ def test_bench_variants_dry_run_exercises_every_stage(tmp_path, monkeypatch):
 def test_bench_variants_refuse_unknown_names_and_a_missing_gpu(tmp_path, monkeypatch):
     r = bench_variants(tmp_path, monkeypatch, "--device", "cpu", "--variants", "eager-fp32,warp-drive")
     assert r.exit_code != 0 and "warp-drive" in r.output and "Traceback" not in r.output
+    r = bench_variants(tmp_path, monkeypatch, "--device", "cpu", "--variants", "default", "--mask", "m.png")
+    assert r.exit_code != 0 and "drop --mask" in r.output
     if not HAS_CUDA:
         r = bench_variants(tmp_path, monkeypatch, "--variants", "default")
         assert r.exit_code != 0 and "no CUDA device" in r.output and "Traceback" not in r.output

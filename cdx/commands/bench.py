@@ -83,6 +83,8 @@ def bench(checkpoint, preset, backends, variants, batch, steps, runs, warmup, st
     if variants is not None:
         if checkpoint:
             raise InputError("--variants benches random weights: give --preset, not --checkpoint")
+        if mask is not None:
+            raise InputError("--variants conditions on a random label map: drop --mask")
         if device is None:
             import torch
 
@@ -90,7 +92,7 @@ def bench(checkpoint, preset, backends, variants, batch, steps, runs, warmup, st
                 raise InputError("--variants measures GPU variants and no CUDA device is visible here; add "
                                  "--device cpu for a dry run")
         return bench_variants(variants, preset or "official-256", check_device(device or "cuda"), batches, steps,
-                              runs, warmup, engine_dir, budget_s, json_path, md_path)
+                              runs, warmup, engine_dir, budget_s, json_path, md_path, plot_path)
     if md_path or budget_s is not None:
         raise InputError("--markdown and --budget-s go with --variants")
     every = backends.strip() == "all"
@@ -139,7 +141,8 @@ def bench(checkpoint, preset, backends, variants, batch, steps, runs, warmup, st
         click.echo(f"wrote {plot_path}")
 
 
-def bench_variants(spec, preset, device, batches, steps, runs, warmup, engine_dir, budget_s, json_path, md_path):
+def bench_variants(spec, preset, device, batches, steps, runs, warmup, engine_dir, budget_s, json_path, md_path,
+                   plot_path=None):
     """`cdx bench --variants`: the GPU variants side by side, the report rewritten after each measurement."""
     from ..engine.variants import VariantBench, variant_names
     from ..errors import CdxError, InputError
@@ -168,6 +171,11 @@ def bench_variants(spec, preset, device, batches, steps, runs, warmup, engine_di
                       log=lambda s: click.echo(s, err=True))
     failed = vb.run(names)
     click.echo(vb.markdown())
+    if plot_path:
+        from ..engine.bench import plot
+
+        plot(vb.rows, plot_path)
+        click.echo(f"wrote {plot_path}")
     if failed:
         raise CdxError(f"{failed} variant measurement(s) failed (the report says which and why)")
 
