@@ -31,9 +31,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from ..kernels.group_norm_silu import group_norm_silu
 from ..models.autoencoder import AttnBlock
 from ..models.collab import CollaborativeModel
-from ..kernels.group_norm_silu import group_norm_silu
 from ..models.unet import CrossAttention, GroupNorm32
 from .runner import TorchRunner
 
