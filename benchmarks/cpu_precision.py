@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import io
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -32,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cdx.commands.bench import random_bundle  # noqa: E402
 from cdx.engine.bench import bench_runners, report, table_text  # noqa: E402
 from cdx.engine.export_cache import cached_export  # noqa: E402
-from cdx.engine.openvino_int8 import RECIPE, quantized_networks  # noqa: E402
+from cdx.engine.openvino_int8 import quantize_network, quantized_networks  # noqa: E402
 from cdx.engine.openvino_runner import OpenVinoRunner  # noqa: E402
 from cdx.engine.runner import TorchRunner  # noqa: E402
 from cdx.export.onnx_export import random_inputs  # noqa: E402
@@ -43,10 +41,8 @@ from cdx.models.bundle import load_bundle  # noqa: E402
 def int8_models(runner: OpenVinoRunner, folder: Path, samples: int) -> dict[str, Path]:
     """NNCF int8 models of the per-step networks (batch 1), calibrated on random inputs, saved in `folder`
     (those already there are kept: the folder is this script's own)."""
-    import nncf
     import openvino as ov
 
-    logging.getLogger("nncf").setLevel(logging.ERROR)
     g = torch.Generator().manual_seed(0)
     out = {}
     for name in quantized_networks(runner.specs):
@@ -58,10 +54,7 @@ def int8_models(runner: OpenVinoRunner, folder: Path, samples: int) -> dict[str,
         model.reshape({t.name: list(t.concrete(1)) for t in spec.inputs})
         feeds = [{k: v.numpy() for k, v in random_inputs(spec, 1, g).items()} for _ in range(samples)]
         t0 = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            q = nncf.quantize(model, nncf.Dataset(feeds), preset=nncf.QuantizationPreset(RECIPE["preset"]),
-                              model_type=nncf.ModelType(RECIPE["model_type"]), subset_size=samples)
-        ov.save_model(q, str(out[name]), compress_to_fp16=False)
+        ov.save_model(quantize_network(name, model, feeds), str(out[name]), compress_to_fp16=False)
         print(f"quantized {name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
     return out
 

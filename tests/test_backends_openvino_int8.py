@@ -96,7 +96,7 @@ def test_int8_cache_is_checked_and_requantized_when_damaged(quantized, cache):
 
 def test_int8_leaves_a_foreign_folder_alone(quantized, cache, monkeypatch):
     runner = OpenVinoRunner(quantized[1])
-    monkeypatch.setattr(Q, "_quantize", lambda name, model, feeds, recipe: model)  # the slot logic, not NNCF
+    monkeypatch.setattr(Q, "quantize_network", lambda name, model, feeds, recipe: model)  # the slot logic, not NNCF
     slot = cache / "openvino-int8" / Q.recipe_key(runner.manifest["digest"], SMALL)
     slot.mkdir(parents=True)
     (slot / "mine.txt").write_text("not cdx's")

@@ -9,6 +9,7 @@ for another dtype than fp32, and never picks bf16 or int8, which change the imag
 """
 from __future__ import annotations
 
+import functools
 import platform
 
 import torch
@@ -58,6 +59,7 @@ def _factory(req: BackendRequest, precision: str = "f32"):
                           precision=precision)
 
 
+@functools.lru_cache(maxsize=None)  # the CPU does not change; asked each time the registry is consulted
 def native_bf16() -> bool:
     """Whether OpenVINO reports bf16 among this CPU's capabilities (AVX512-BF16 or AMX): elsewhere a bf16 hint
     is not run in bf16."""

@@ -84,7 +84,8 @@ def calibration_feeds(runner, recipe: dict = RECIPE) -> dict[str, list[dict[str,
     return rec.feeds
 
 
-def _quantize(name: str, model, feeds: list[dict], recipe: dict):
+def quantize_network(name: str, model, feeds: list[dict], recipe: dict = RECIPE):
+    """`model` (an OpenVINO model) quantized by NNCF on `feeds` with the recipe's preset and model type."""
     import nncf
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
@@ -149,7 +150,7 @@ def int8_models(runner, notice: Callable[[str], None] = _stderr, recipe: dict = 
         with atomic_folder(folder, FORMAT, overwrite=not fresh, keep_existing=fresh, what="the int8 cache") as tmp:
             for name in names:
                 notice(f"openvino-int8: quantizing {name} (first use)")
-                ov.save_model(_quantize(name, runner._model(name), feeds[name], recipe), str(tmp / f"{name}.xml"),
+                ov.save_model(quantize_network(name, runner._model(name), feeds[name], recipe), str(tmp / f"{name}.xml"),
                               compress_to_fp16=False)
             files = sorted(p.name for p in tmp.iterdir())
             man = {"format": FORMAT, "export_digest": digest, "recipe": recipe,
