@@ -9,7 +9,7 @@ Runners: torch eager fp32 (the reference), OpenVINO f32 (`--backend openvino`), 
 per-step networks quantized to int8 by NNCF (as `--backend openvino-int8` does, here calibrated on
 `--calibration` random inputs per network instead of generated faces: enough for speed, not for
 quality) and that int8 with bf16 for what stays floating point. Per runner: each network (median after a
-warm-up) and the collaborative step, timed round robin beside torch's by `cdx.engine.bench.bench_runners`;
+warm-up) and the collaborative step, timed round robin beside torch's by `cdx.bench.harness.bench_runners`;
 the JSON has the rows and, per runner, the step against the torch step measured beside it.
 """
 from __future__ import annotations
@@ -27,12 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cdx.commands.bench import random_bundle  # noqa: E402
-from cdx.engine.bench import bench_runners, report, table_text  # noqa: E402
-from cdx.engine.export_cache import cached_export  # noqa: E402
-from cdx.engine.openvino_int8 import quantize_network, quantized_networks  # noqa: E402
-from cdx.engine.openvino_runner import OpenVinoRunner  # noqa: E402
-from cdx.engine.runner import TorchRunner  # noqa: E402
+from cdx.cli.bench import random_bundle  # noqa: E402
+from cdx.bench.harness import bench_runners, report, table_text  # noqa: E402
+from cdx.export.cache import cached_export  # noqa: E402
+from cdx.backends.openvino.int8 import quantize_network, quantized_networks  # noqa: E402
+from cdx.backends.openvino.runner import OpenVinoRunner  # noqa: E402
+from cdx.backends.pytorch.eager import TorchRunner  # noqa: E402
 from cdx.export.onnx_export import random_inputs  # noqa: E402
 from cdx.io import atomic_write_text  # noqa: E402
 from cdx.models.bundle import load_bundle  # noqa: E402

@@ -43,7 +43,7 @@ stage() {  # stage NAME MAX_SECONDS CMD...: run CMD under timeout; record "name 
 
 "$PY" - > "$W/env.txt" 2>&1 <<'EOF'
 import importlib.util, torch
-from cdx.engine.trt import available
+from cdx.backends.trt import available
 ok, why = available()
 print("GPU" if torch.cuda.is_available() else "CPU", ok, why, sep="\t")
 for m in ("tensorrt", "polygraphy", "cuda.bindings"):
@@ -78,9 +78,9 @@ if [ "$MEASURE" = 1 ]; then
 import json, sys, time
 from pathlib import Path
 import torch
-from cdx.engine import cuda_graph as CG
-from cdx.engine.sampler import draw_noise, sample
-from cdx.engine.trt import TensorRTRunner
+from cdx.sampling.graph import capture as CG
+from cdx.sampling.loop import draw_noise, sample
+from cdx.backends.trt import TensorRTRunner
 from cdx.export.onnx_export import random_inputs
 from cdx.models.schedule import alphas_cumprod, linear_betas, make_table
 

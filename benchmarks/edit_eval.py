@@ -2,7 +2,7 @@
 
 For each test face: change one text-only attribute (hair colour) and one mask region (bangs or the
 mouth) in the ground truth, render the target label map with the same layout seed, edit the face with
-`cdx.train.edit` towards (new caption, new mask), and score every --alpha with the `cdx eval` networks:
+`cdx.edit.optimise` towards (new caption, new mask), and score every --alpha with the `cdx eval` networks:
 
 * text_edit: the classifier reads the new hair colour (edit strength, text);
 * mask_acc: parser pixel accuracy against the new mask (edit strength, mask);
@@ -21,15 +21,16 @@ import numpy as np
 import torch
 
 from cdx.defaults import default_checkpoint
-from cdx.engine.pipeline import encode_conditions, Request, to_uint8
-from cdx.engine.runner import TorchRunner
-from cdx.engine.sampler import draw_noise, make_shaping, sample
+from cdx.sampling.pipeline import encode_conditions, to_uint8
+from cdx.sampling.request import Request
+from cdx.backends.pytorch.eager import TorchRunner
+from cdx.sampling.loop import draw_noise, make_shaping, sample
 from cdx.models.schedule import resolve_eta
 from cdx.evaluation.nets import CLASSIFIER_ATTRS, load_eval_nets
 from cdx.models.bundle import load_bundle
 from cdx.models.masks import label_map_to_ids, save_label_map
-from cdx.train.edit import EditConfig, run_edit
-from cdx.train.synth import HAIR, LEVELS, generate, render_with
+from cdx.edit.optimise import EditConfig, run_edit
+from cdx.synth import HAIR, LEVELS, generate, render_with
 
 KEEP = ("skin", "beard", "lipstick")
 

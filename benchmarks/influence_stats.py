@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from cdx.defaults import default_checkpoint
-from cdx.engine.backends import make_runner
-from cdx.engine.pipeline import Request, generate
+from cdx.backends.registry import make_runner
+from cdx.sampling.pipeline import generate
+from cdx.sampling.request import Request
 from cdx.models.masks import REGIONS, save_label_map
-from cdx.train.synth import generate as synth
+from cdx.synth import generate as synth
 torch.set_num_threads(1)
 runner, _ = make_runner("torch", default_checkpoint())
 regions = REGIONS

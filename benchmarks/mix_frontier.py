@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from cdx.commands.common import parse_guidance
+from cdx.cli.options import parse_guidance
 from cdx.defaults import default_checkpoint
-from cdx.engine.backends import make_runner
-from cdx.engine.schedule import resolve_eta
+from cdx.backends.registry import make_runner
+from cdx.models.schedule import resolve_eta
 from cdx.evaluation.methods import Method
 from cdx.evaluation.nets import load_eval_nets
 from cdx.evaluation.run_eval import evaluate

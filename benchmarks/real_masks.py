@@ -24,14 +24,15 @@ import numpy as np
 from PIL import Image
 
 from cdx.defaults import default_checkpoint
-from cdx.engine.backends import make_runner
-from cdx.engine.pipeline import Request, generate
+from cdx.backends.registry import make_runner
+from cdx.sampling.pipeline import generate
+from cdx.sampling.request import Request
 from cdx.errors import CdxError
 from cdx.evaluation.metrics import attribute_accuracy
 from cdx.evaluation.nets import CLASSIFIER_ATTRS, load_eval_nets, parse_target
 from cdx.evaluation.run_eval import synthetic_faces
 from cdx.models.masks import FACE_PARTS, class_ids, colorize, load_label_map
-from cdx.train.synth import generate as synth
+from cdx.synth import generate as synth
 
 SHARES = {"background": class_ids("background"), "skin": class_ids("skin"), "hair": class_ids("hair"),
           "face parts": FACE_PARTS}

@@ -15,10 +15,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cdx.defaults import default_checkpoint
-from cdx.engine.backends import make_runner
-from cdx.engine.pipeline import Request, generate
+from cdx.backends.registry import make_runner
+from cdx.sampling.pipeline import generate
+from cdx.sampling.request import Request
 from cdx.models.masks import colorize, save_label_map
-from cdx.train.synth import generate as synth
+from cdx.synth import generate as synth
 
 
 def main():

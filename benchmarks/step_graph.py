@@ -22,13 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cdx.defaults import default_checkpoint  # noqa: E402
-from cdx.engine.bench import machine_info  # noqa: E402
-from cdx.engine.export_cache import cached_export  # noqa: E402
-from cdx.engine.openvino_runner import OpenVinoRunner  # noqa: E402
-from cdx.engine.ort_runner import OrtRunner  # noqa: E402
-from cdx.engine.sampler import make_shaping  # noqa: E402
-from cdx.engine.step import CollaborativeStep  # noqa: E402
-from cdx.engine.step_graph import StepGraph, example_inputs, export_step_graph, step_graph_path  # noqa: E402
+from cdx.bench.harness import machine_info  # noqa: E402
+from cdx.export.cache import cached_export  # noqa: E402
+from cdx.backends.openvino.runner import OpenVinoRunner  # noqa: E402
+from cdx.backends.ort import OrtRunner  # noqa: E402
+from cdx.sampling.loop import make_shaping  # noqa: E402
+from cdx.sampling.step import CollaborativeStep  # noqa: E402
+from step_graph_model import StepGraph, example_inputs, export_step_graph, step_graph_path  # noqa: E402
 from cdx.io import atomic_write_text  # noqa: E402
 from cdx.kernels import collaborate  # noqa: E402
 from cdx.models.bundle import load_bundle, verified_bundle_hash  # noqa: E402

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from cdx.commands.train import STAGES
+from cdx.cli.train import STAGES
 from cdx.models.config import preset
 from cdx.train import loop
 from cdx.train.autoencoder import VaeConfig, train_vae

@@ -8,7 +8,7 @@
 from .errors import CdxError, InputError, StaleArtifactError
 
 __version__ = "0.1.0"
-__all__ = ["CdxError", "InputError", "Output", "Pipeline", "StaleArtifactError", "__version__"]
+__all__ = ["CdxError", "InputError", "Output", "Pipeline", "StaleArtifactError", "__version__", "render"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name == "render":  # the labelled grids (influence, intermediates) the README names as cdx.render
+        import importlib
+
+        return importlib.import_module(".render", __name__)
     raise AttributeError(f"module 'cdx' has no attribute {name!r}")

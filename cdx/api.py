@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .engine.request import Request, check_guidance, check_memory, make_request
+from .sampling.request import Request, check_guidance, check_memory, make_request
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -62,12 +62,12 @@ class Pipeline:
              guidance: Mapping[str, float] | None = None, freeu: Sequence[float] | str | None = None,
              progress: Callable[[str], None] | None = None, **options) -> "Pipeline":
         """Load a bundle (None: the shipped model) on a backend ("auto": the fastest usable here, see
-        `cdx.engine.backends`). `engine_dir` runs an export or TensorRT engine folder; `guidance`
+        `cdx.backends`). `engine_dir` runs an export or TensorRT engine folder; `guidance`
         {modality: scale} overrides the bundle's classifier-free guidance; `freeu` (b1, b2, s1, s2) or
         "b1,b2,s1,s2" switches FreeU on the collaborators' decoders; `progress` gets one-line notices
         (first-use export). `options` go to the backend (e.g. streams=4 for the torch CUDA path)."""
         from .defaults import default_checkpoint
-        from .engine.backends import make_runner
+        from .backends.registry import make_runner
 
         ckpt = Path(checkpoint) if checkpoint is not None else None
         eng = Path(engine_dir) if engine_dir is not None else None
@@ -84,7 +84,7 @@ class Pipeline:
                                guidance=dict(g) if g else None, freeu=fu, **options)
 
         if guidance is not None:
-            _check_guidance_values(guidance)
+            guidance = check_guidance(config_of(ckpt, eng), guidance)
         runner, desc = make(guidance)
         return cls(runner, desc, make)
 
@@ -114,34 +114,35 @@ class Pipeline:
         return self._by_guidance[key]
 
     def __call__(self, text: str | Sequence[str] | None = None, mask: Any = None, seed: int | Sequence[int] = 0,
-                 steps: int = 50, batch: int | None = None, sampler: str = "ddim", eta: float | None = None,
-                 shaping: bool | None = None, guidance: Mapping[str, float] | None = None,
+                 batch: int | None = None, guidance: Mapping[str, float] | None = None,
                  return_influence: bool = False, callback: Callable[[int, int], None] | None = None,
                  conditions: Mapping[str, Any] | None = None, return_intermediates: bool = False,
-                 cuda_graph: bool | None = None) -> Output:
+                 cuda_graph: bool | None = None, **sampling) -> Output:
         """Generate faces. `text` a caption; `mask` a label-map PNG path, a PIL label map or an (H, W) array
         of class ids 0..18; `conditions` {modality: value} any modality by name. Each may be a list, one per
         item; `seed` too (a single seed with batch=n gives seeds seed..seed+n-1). Item i draws its noise
-        from its own generator, so it is the image its request gives alone. `callback(i, total)` after each
-        step; `guidance` {modality: scale} for this call (an export is made for new scales on first use);
-        `return_intermediates` adds each step's decoded predicted x0."""
-        req = make_request(self.cfg, text=text, mask=mask, conditions=conditions, seed=seed, steps=steps,
-                           batch=batch, sampler=sampler, eta=eta, shaping=shaping, return_influence=return_influence,
-                           return_intermediates=return_intermediates, cuda_graph=cuda_graph)
+        from its own generator, so it is the image its request gives alone. The sampling settings are
+        keywords: steps=50, sampler="ddim", eta=None and shaping=None (None: the model's), the fields of
+        `cdx.sampling.settings.Sampling`. `callback(i, total)` after each step; `guidance` {modality: scale}
+        for this call (an export is made for new scales on first use); `return_intermediates` adds each
+        step's decoded predicted x0."""
+        req = make_request(self.cfg, text=text, mask=mask, conditions=conditions, seed=seed, batch=batch,
+                           return_influence=return_influence, return_intermediates=return_intermediates,
+                           cuda_graph=cuda_graph, **sampling)
         return self.generate(req, guidance=guidance, callback=callback)
 
     def generate(self, request: Request, guidance: Mapping[str, float] | None = None,
                  callback: Callable[[int, int], None] | None = None) -> Output:
-        """Run a request made by `cdx.engine.request.make_request` (what `__call__` does after checking)."""
+        """Run a request made by `cdx.sampling.request.make_request` (what `__call__` does after checking)."""
         from PIL import Image
 
-        from .engine.pipeline import generate
+        from .sampling.pipeline import generate
 
         if callback is not None and not callable(callback):
             raise InputError("callback must be callable as callback(step, total)")
         runner, desc = self._runner_for(guidance)
         check_memory(runner.cfg, request, torch.device(runner.device))
-        total = runner.cfg.step_table(request.steps, request.sampler, request.eta).num_steps
+        total = request.num_steps
         result = generate(runner, request, callback=(lambda i: callback(i, total)) if callback else None)
         influence = None
         if result.loop.influence is not None:  # (N, M, B, 1, h, w) -> (N, M, B, h, w)
@@ -164,7 +165,7 @@ def config_of(checkpoint: str | os.PathLike | None = None, engine_dir: str | os.
                                      ["config"])
     folder = Path(engine_dir)
     if (folder / "engines.json").is_file():
-        from .engine.trt.manifest import read_engine_manifest
+        from .backends.trt.manifest import read_engine_manifest
 
         return ModelConfig.from_dict(read_engine_manifest(folder)["config"])
     from .export.manifest import read_export_manifest
@@ -188,12 +189,3 @@ def _freeu(freeu) -> tuple[float, float, float, float] | None:
             raise InputError(f"freeu {freeu!r}: give four numbers b1, b2, s1, s2 (official: 1.1, 1.2, 1, 1)")
         f = FreeU(*values)
     return (f.b1, f.b2, f.s1, f.s2)
-
-
-def _check_guidance_values(guidance) -> None:
-    from .engine.request import GUIDANCE_RANGE, check_float
-
-    if not isinstance(guidance, Mapping):
-        raise InputError(f"guidance {guidance!r}: expected a mapping of modality name to scale, e.g. {{'text': 3}}")
-    for name, scale in guidance.items():
-        check_float(scale, f"guidance {name}", *GUIDANCE_RANGE)

@@ -1,5 +1,5 @@
 """Pictures that explain a run: the labelled influence grid, the grid of predicted x0 per step, and the
-names of a batch's per-item files. Arrays in, uint8 arrays out (``cdx.commands.common.save_image``
+names of a batch's per-item files. Arrays in, uint8 arrays out (``cdx.cli.options.save_image``
 writes them); text is drawn with PIL's default font, so nothing is downloaded.
 """
 from __future__ import annotations

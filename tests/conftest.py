@@ -1,7 +1,34 @@
-"""Shared fixtures: a tiny random bundle and its ONNX export, made once per session."""
+"""Shared fixtures (a tiny random bundle and its ONNX export, made once per session) and the markers' skips.
+
+Markers (registered in pyproject.toml): `gpu` needs a CUDA device, `tensorrt` needs TensorRT and a GPU (both
+skip here with the reason), `serve` starts a real `cdx serve` (Ray), `slow` takes over ~20 s on 2 cores;
+`pytest -m "not slow"` is the quick subset for contributors.
+"""
 from __future__ import annotations
 
+import functools
+
 import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+@functools.lru_cache(maxsize=None)
+def tensorrt_missing() -> str | None:
+    """Why TensorRT tests cannot run here (None: they can)."""
+    from cdx.backends.trt import available
+
+    ok, why = available()
+    return None if ok else why
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("gpu") and not HAS_CUDA:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
+        elif item.get_closest_marker("tensorrt") and tensorrt_missing():
+            item.add_marker(pytest.mark.skip(reason=tensorrt_missing()))
 
 from cdx.models.bundle import save_bundle
 from cdx.models.config import preset

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import cdx
-from cdx.engine.request import concat_requests, make_request
+from cdx.sampling.request import concat_requests, make_request
 from cdx.models.masks import load_label_map
 from cdx.evaluation.metrics import psnr
 
@@ -50,8 +50,8 @@ def test_seed_and_batch_give_consecutive_seeds(pipe, masks):
 
 def test_one_seed_is_the_engines_own_draw(pipe, masks, tiny_bundle):
     """Batch 1 with seed s is exactly the image the engine's loop gives with draw_noise(s, 1, ...)."""
-    from cdx.engine.pipeline import encode_conditions, to_uint8
-    from cdx.engine.sampler import draw_noise, make_shaping, sample
+    from cdx.sampling.pipeline import encode_conditions, to_uint8
+    from cdx.sampling.loop import draw_noise, make_shaping, sample
 
     req = make_request(pipe.cfg, text=CAPTIONS[1], mask=masks[0], seed=9, steps=5)
     runner, cfg = pipe.runner, pipe.cfg

@@ -4,17 +4,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cdx.engine import backends as B
+from cdx import backends as B
+from cdx.backends import checks, registry as R
 from cdx.errors import CdxError, InputError
 
 
 @pytest.fixture
 def registry():
     """The registry as it is, restored after the test."""
-    saved = dict(B._REGISTRY)
+    saved = dict(R._REGISTRY)
     yield B
-    B._REGISTRY.clear()
-    B._REGISTRY.update(saved)
+    R._REGISTRY.clear()
+    R._REGISTRY.update(saved)
 
 
 def req(**kw):
@@ -28,16 +29,17 @@ def test_builtin_order_and_cli_choices():
 
 
 def test_auto_on_a_cpu_without_engines_picks_onnxruntime(registry, monkeypatch):
-    monkeypatch.setattr(B, "_cuda_visible", lambda: False)
+    monkeypatch.setattr(checks, "cuda_visible", lambda: False)
     name, why = B.choose_auto(req())
     assert name not in ("tensorrt", "torch")  # onnxruntime, or a CPU backend registered ahead of it
     assert "no TensorRT engines" in why and "no CUDA device" in why
 
 
 def test_auto_on_an_x86_cpu_with_openvino_picks_it(registry, monkeypatch):
-    from cdx.engine import openvino_backend, openvino_runner
+    from cdx.backends import openvino as openvino_backend
+    from cdx.backends.openvino import runner as openvino_runner
 
-    monkeypatch.setattr(B, "_cuda_visible", lambda: False)
+    monkeypatch.setattr(checks, "cuda_visible", lambda: False)
     monkeypatch.setattr(openvino_runner, "openvino_version", lambda: "2026.4")
     monkeypatch.setattr(openvino_backend.platform, "machine", lambda: "x86_64")
     assert B.backend_names().index("openvino") < B.backend_names().index("onnxruntime")
@@ -50,28 +52,28 @@ def test_auto_on_an_x86_cpu_with_openvino_picks_it(registry, monkeypatch):
     monkeypatch.setattr(openvino_runner, "openvino_version", lambda: None)
     name, why = B.choose_auto(req())
     assert name == "onnxruntime" and "not openvino: openvino is not installed" in why
-    monkeypatch.setattr(B, "_cuda_visible", lambda: True)  # a GPU: the torch CUDA path, never openvino
+    monkeypatch.setattr(checks, "cuda_visible", lambda: True)  # a GPU: the torch CUDA path, never openvino
     monkeypatch.setattr(openvino_runner, "openvino_version", lambda: "2026.4")
     assert B.choose_auto(req())[0] == "torch"
     assert B.choose_auto(req(device="cpu"))[0] == "openvino"
 
 
 def test_auto_with_a_gpu_picks_the_torch_cuda_path(registry, monkeypatch):
-    monkeypatch.setattr(B, "_cuda_visible", lambda: True)
+    monkeypatch.setattr(checks, "cuda_visible", lambda: True)
     assert B.choose_auto(req())[0] == "torch"
     assert B.choose_auto(req(device="cpu"))[0] != "torch"  # auto uses torch only for the CUDA path
     assert B.choose_auto(B.BackendRequest(engine_dir="exp"))[0] != "torch"  # no bundle to load
 
 
 def test_auto_with_usable_engines_picks_tensorrt(registry, monkeypatch):
-    monkeypatch.setattr(B, "_cuda_visible", lambda: True)
-    monkeypatch.setattr(B, "_trt_usable", lambda d: (d is not None, "TensorRT 10.1 on a GPU"))
+    monkeypatch.setattr(checks, "cuda_visible", lambda: True)
+    monkeypatch.setattr(B.trt, "_trt_usable", lambda d: (d is not None, "TensorRT 10.1 on a GPU"))
     assert B.choose_auto(req(engine_dir="engines"))[0] == "tensorrt"
     assert B.choose_auto(req())[0] == "torch"
 
 
 def test_a_registered_backend_is_chosen_and_offered(registry, monkeypatch):
-    monkeypatch.setattr(B, "_cuda_visible", lambda: False)
+    monkeypatch.setattr(checks, "cuda_visible", lambda: False)
     made = []
     fake = B.Backend("fake", lambda r: None if r.checkpoint else "needs a bundle",
                      lambda r: made.append(r) or "a runner", lambda r: "fake runner")
@@ -85,7 +87,7 @@ def test_a_registered_backend_is_chosen_and_offered(registry, monkeypatch):
 
 
 def test_refusals_name_the_reason(registry, monkeypatch):
-    monkeypatch.setattr(B, "_cuda_visible", lambda: False)
+    monkeypatch.setattr(checks, "cuda_visible", lambda: False)
     with pytest.raises(InputError, match="unknown backend"):
         B.make_runner("nonesuch", "bundle")
     with pytest.raises(CdxError, match="tensorrt backend unavailable: no TensorRT engines"):
@@ -94,12 +96,12 @@ def test_refusals_name_the_reason(registry, monkeypatch):
         B.make_runner("torch", "bundle", dtype=torch.float16)
     with pytest.raises(CdxError, match="fp32 export"):
         B.make_runner("onnxruntime", "bundle", dtype=torch.float16)
-    registry._REGISTRY.clear()
+    R._REGISTRY.clear()
     with pytest.raises(CdxError, match="no backend"):
         B.choose_auto(req())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.gpu
 def test_auto_on_this_gpu_runs_the_torch_fast_path_on_four_streams(tiny_bundle):
     runner, desc = B.make_runner("auto", tiny_bundle)
     assert runner.backend == "torch-cuda" and runner.streams == 4 and "4 streams" in desc

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from cdx.api import config_of
 from cdx.cli import main
-from cdx.engine.backends import backend_names
+from cdx.backends.registry import backend_names
 
 
 def test_bench_all_covers_every_registered_backend(tiny_bundle, tmp_path, monkeypatch):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from cdx.engine.backends import BackendRequest, backend_names, make_runner
-from cdx.engine.compiled_backend import _auto_why_not
+from cdx.backends.registry import BackendRequest, backend_names, make_runner
+from cdx.backends.pytorch import _compile_auto_why_not as _auto_why_not
 from cdx.export.onnx_export import random_inputs
 
 

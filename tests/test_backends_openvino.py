@@ -11,10 +11,10 @@ from PIL import Image
 pytest.importorskip("openvino", reason="openvino is not installed (pip install 'cdx[openvino]')")
 
 from cdx.cli import main  # noqa: E402
-from cdx.engine.backends import backend_names, make_runner  # noqa: E402
-from cdx.engine.openvino_backend import native_bf16  # noqa: E402
-from cdx.engine.openvino_runner import OpenVinoRunner  # noqa: E402
-from cdx.engine.ort_runner import OrtRunner  # noqa: E402
+from cdx.backends.registry import backend_names, make_runner  # noqa: E402
+from cdx.backends.openvino import native_bf16  # noqa: E402
+from cdx.backends.openvino.runner import OpenVinoRunner  # noqa: E402
+from cdx.backends.ort import OrtRunner  # noqa: E402
 from cdx.errors import CdxError  # noqa: E402
 from cdx.export.onnx_export import random_inputs  # noqa: E402
 from cdx.evaluation.metrics import psnr  # noqa: E402
@@ -63,8 +63,8 @@ def test_openvino_bf16_runs_in_bf16_close_to_fp32(tiny_bundle, mask_png, tmp_pat
 
 
 def test_openvino_bf16_is_refused_without_native_bf16(tiny_bundle, monkeypatch):
-    from cdx.engine import openvino_backend
-    from cdx.engine.backends import BackendRequest
+    from cdx.backends import openvino as openvino_backend
+    from cdx.backends.registry import BackendRequest
 
     monkeypatch.setattr(openvino_backend, "native_bf16", lambda: False)
     why = openvino_backend._bf16_why_not(BackendRequest(checkpoint=tiny_bundle))
@@ -122,8 +122,8 @@ def test_openvino_compiled_models_are_cached_on_disk(tiny_export, cache):
 
 
 def test_openvino_refuses_what_it_cannot_run(tiny_bundle, cache):
-    from cdx.engine.backends import BackendRequest
-    from cdx.engine.openvino_backend import _why_not
+    from cdx.backends.registry import BackendRequest
+    from cdx.backends.openvino import _why_not
 
     with pytest.raises(CdxError) as e:
         make_runner("openvino", tiny_bundle, dtype=torch.float16)

@@ -12,10 +12,10 @@ pytest.importorskip("openvino", reason="openvino is not installed (pip install '
 pytest.importorskip("nncf", reason="nncf is not installed (pip install 'cdx[openvino]')")
 
 from cdx.cli import main  # noqa: E402
-from cdx.engine import openvino_int8 as Q  # noqa: E402
-from cdx.engine.backends import choose_auto, make_runner, BackendRequest  # noqa: E402
-from cdx.engine.export_cache import cached_export  # noqa: E402
-from cdx.engine.openvino_runner import OpenVinoRunner  # noqa: E402
+from cdx.backends.openvino import int8 as Q  # noqa: E402
+from cdx.backends.registry import choose_auto, make_runner, BackendRequest  # noqa: E402
+from cdx.export.cache import cached_export  # noqa: E402
+from cdx.backends.openvino.runner import OpenVinoRunner  # noqa: E402
 from cdx.errors import CdxError  # noqa: E402
 
 CAPTION = "She has blond hair and heavy lipstick. She is in her twenties."

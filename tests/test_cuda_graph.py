@@ -1,4 +1,4 @@
-"""The CUDA-graph loop (cdx/engine/cuda_graph.py) and the fast torch CUDA path (cdx/engine/torch_cuda.py).
+"""The CUDA-graph loop (cdx/sampling/graph/capture.py) and the fast torch CUDA path (cdx/backends/pytorch/cuda.py).
 
 On CPU the graph body (`GraphedLoop.step`: gathers by the device step index, the fused op, the step
 increment) runs eagerly, the same code a capture records, and is compared with `sampler.sample`.
@@ -22,12 +22,13 @@ import numpy as np
 import pytest
 import torch
 
-from cdx.engine import cuda_graph as CG
-from cdx.engine.runner import TorchRunner
-from cdx.engine.sampler import Shaping, draw_noise, make_shaping, sample
-from cdx.engine.schedule import alphas_cumprod, linear_betas, make_table
-from cdx.engine.torch_cuda import (CudaTorchRunner, SdpaAttnBlock, SdpaCrossAttention, cuda_runner,
-                                   keep_norms_fp32, use_sdpa)
+from cdx.sampling.graph import capture as CG
+from cdx.sampling.graph import plan as GP
+from cdx.backends.pytorch.eager import TorchRunner
+from cdx.sampling.loop import Shaping, draw_noise, make_shaping, sample
+from cdx.models.schedule import alphas_cumprod, linear_betas, make_table
+from cdx.backends.pytorch.cuda import (CudaTorchRunner, SdpaAttnBlock, SdpaCrossAttention, cuda_runner,
+                                       keep_norms_fp32, use_sdpa)
 from cdx.export.head_pad import padded_dim
 from cdx.models.autoencoder import AttnBlock
 from cdx.models.config import preset
@@ -35,8 +36,8 @@ from cdx.models.random_init import random_model
 from cdx.models.unet import CrossAttention, GroupNorm32
 
 REPO = Path(__file__).resolve().parents[1]
-HAS_CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+from conftest import HAS_CUDA  # noqa: E402
+needs_cuda = pytest.mark.gpu
 ACP = alphas_cumprod(linear_betas())
 
 
@@ -152,7 +153,7 @@ def micro_request(cfg, batch=2, steps=3, seed=0, device="cpu") -> Req:
 
 
 def eager_loop(runner, req, **kw):
-    plan = CG.plan_loop(runner, *req.args(), return_influence=True, trace=True)
+    plan = GP.plan_loop(runner, *req.args(), return_influence=True, trace=True)
     return CG.GraphedLoop(runner, plan, mode="eager", **kw)
 
 
@@ -166,30 +167,30 @@ def fallback_notices(caught):
 def test_pack_tables_layout_round_trips(shaped):
     req = toy_request(m=3, steps=7, shaped=shaped)
     n = req.table.num_steps  # 8: the official discretisation's quirk
-    packed, layout = CG.pack_tables(req.table, req.shaping, 3)
+    packed, layout = GP.pack_tables(req.table, req.shaping, 3)
     assert packed.dtype == np.float32 and packed.shape == (layout.size,)
     offsets = [o for o in (layout.coeffs, layout.decay, layout.scale) if o is not None]
-    assert all(o % CG.ALIGN == 0 for o in offsets) and layout.size % CG.ALIGN == 0
+    assert all(o % GP.ALIGN == 0 for o in offsets) and layout.size % GP.ALIGN == 0
     assert (layout.decay is not None) == shaped and (layout.scale is not None) == shaped
-    coeffs, decay, scale = CG.table_views(torch.from_numpy(packed), layout)
+    coeffs, decay, scale = GP.table_views(torch.from_numpy(packed), layout)
     assert coeffs.is_contiguous() and np.array_equal(coeffs.numpy(), req.table.coeffs)
     if shaped:
         assert np.array_equal(decay.numpy(), req.shaping.decay) and np.array_equal(scale.numpy(), req.shaping.scale)
         assert layout.size >= layout.scale + 3 > layout.decay + n * 3 - 1
     else:
-        assert decay is None and scale is None and layout.size == CG._aligned(n * 6)
+        assert decay is None and scale is None and layout.size == GP._aligned(n * 6)
 
 
 def test_pack_tables_refuses_shaping_of_another_size():
     req = toy_request(m=2, steps=4)
     with pytest.raises(ValueError, match="do not fit"):
-        CG.pack_tables(req.table, req.shaping, 3)
+        GP.pack_tables(req.table, req.shaping, 3)
 
 
 @pytest.mark.parametrize("influence,trace", [(False, False), (True, True)])
 def test_plan_buffers_shapes_and_dtypes(influence, trace):
     req = toy_request(m=2, batch=3, steps=4, latent=(3, 6, 5))
-    plan = CG.plan_loop(ToyRunner(req.names, dtype=torch.float16), *req.args(), influence, trace)
+    plan = GP.plan_loop(ToyRunner(req.names, dtype=torch.float16), *req.args(), influence, trace)
     bufs = plan.buffers()
     n = req.table.num_steps
     assert bufs["x"] == ((3, 3, 6, 5), torch.float32)
@@ -208,7 +209,7 @@ def test_plan_buffers_shapes_and_dtypes(influence, trace):
 
 def test_plan_dtype_defaults_to_fp32_for_runners_without_net_dtype():
     req = toy_request(m=2)
-    plan = CG.plan_loop(RunOnlyRunner(req.names), *req.args())
+    plan = GP.plan_loop(RunOnlyRunner(req.names), *req.args())
     assert plan.eps_dtype == torch.float32 == plan.logits_dtype
 
 
@@ -216,11 +217,11 @@ def test_plan_refuses_inputs_that_disagree():
     req = toy_request(m=2, batch=2, steps=4)
     runner = ToyRunner(req.names)
     with pytest.raises(ValueError, match="noise"):
-        CG.plan_loop(runner, req.names, req.contexts, req.x_T, req.noise[:-1], req.table, req.shaping)
+        GP.plan_loop(runner, req.names, req.contexts, req.x_T, req.noise[:-1], req.table, req.shaping)
     with pytest.raises(ValueError, match="one context per modality"):
-        CG.plan_loop(runner, req.names, req.contexts[:1], req.x_T, req.noise, req.table, req.shaping)
+        GP.plan_loop(runner, req.names, req.contexts[:1], req.x_T, req.noise, req.table, req.shaping)
     with pytest.raises(ValueError, match="context of 'text'"):
-        CG.plan_loop(runner, req.names, [req.contexts[0], req.contexts[1][:1]], req.x_T, req.noise, req.table)
+        GP.plan_loop(runner, req.names, [req.contexts[0], req.contexts[1][:1]], req.x_T, req.noise, req.table)
 
 
 def test_load_refuses_a_request_of_another_plan():
@@ -234,7 +235,7 @@ def test_load_refuses_a_request_of_another_plan():
 def test_loop_argument_checks():
     req = toy_request()
     runner = ToyRunner(req.names)
-    plan = CG.plan_loop(runner, *req.args())
+    plan = GP.plan_loop(runner, *req.args())
     with pytest.raises(ValueError, match="mode must be"):
         CG.GraphedLoop(runner, plan, mode="fast")
     with pytest.raises(ValueError, match="streams"):
@@ -248,8 +249,7 @@ def test_launcher_choice(micro_model):
     toy = ToyRunner(["mask"])
     assert CG.launcher(toy) == toy.enqueue
     runner = TorchRunner(micro_model)
-    fn = CG.launcher(runner)
-    assert fn is not None and fn.args == (runner,)  # enqueue_torch bound to the runner
+    assert CG.launcher(runner) == runner.enqueue  # the torch runner enqueues like every other
     run_only = RunOnlyRunner(["mask"])
     assert CG.launcher(run_only) is None
     assert CG.launcher(run_only, capturable=False) == run_only.run
@@ -330,7 +330,7 @@ def test_fp16_networks_eager_step_equals_their_plain_loop():
     req = toy_request(m=2, eta=1.0)
     runner = ToyRunner(req.names, dtype=torch.float16)  # `run` hands fp32 copies to `sample`
     ref = sample(runner, *req.args(), return_influence=True)
-    plan = CG.plan_loop(runner, *req.args(), return_influence=True)
+    plan = GP.plan_loop(runner, *req.args(), return_influence=True)
     assert plan.eps_dtype == torch.float16  # the stacks keep the networks' dtype, x stays fp32
     got = CG.GraphedLoop(runner, plan, mode="eager")(*req.load_args())
     assert_same_result(got, ref)
@@ -393,7 +393,7 @@ def test_sample_graphed_refuses_inconsistent_inputs():
 def test_graphed_loop_cache_is_bounded_and_forgettable():
     req = toy_request()
     runner = ToyRunner(req.names)
-    plan = CG.plan_loop(runner, *req.args())
+    plan = GP.plan_loop(runner, *req.args())
     a = CG.graphed_loop(runner, plan, "eager")
     assert CG.graphed_loop(runner, plan, "eager") is a
     b = CG.graphed_loop(runner, plan, "eager", streams=2)
@@ -405,7 +405,8 @@ def test_graphed_loop_cache_is_bounded_and_forgettable():
 
 
 def test_pipeline_cuda_graph_option_falls_back_on_cpu_with_the_same_image(micro_model):
-    from cdx.engine.pipeline import generate, make_request
+    from cdx.sampling.pipeline import generate
+    from cdx.sampling.request import make_request
 
     runner = TorchRunner(micro_model)
     cfg = micro_model.cfg
@@ -610,7 +611,7 @@ def test_gpu_graph_equals_plain_loop(mode, streams):
     req = toy_request(m=2, batch=2, steps=6, eta=1.0, device="cuda")
     runner = ToyRunner(req.names, device="cuda")
     ref = sample(runner, *req.args(), return_influence=True, trace=True)
-    plan = CG.plan_loop(runner, *req.args(), return_influence=True, trace=True)
+    plan = GP.plan_loop(runner, *req.args(), return_influence=True, trace=True)
     loop = CG.GraphedLoop(runner, plan, mode=mode, streams=streams)
     got = loop(*req.load_args())
     assert loop.graph is not None
@@ -627,14 +628,14 @@ def test_gpu_runner_without_enqueue_cannot_be_captured():
     runner = RunOnlyRunner(req.names, device="cuda")
     assert CG.unavailable_reason(runner) == "the toy runner cannot enqueue its networks on a stream"
     with pytest.raises(ValueError, match="cannot enqueue"):
-        CG.GraphedLoop(runner, CG.plan_loop(runner, *req.args()), mode="step")
+        CG.GraphedLoop(runner, GP.plan_loop(runner, *req.args()), mode="step")
 
 
 @needs_cuda
 def test_gpu_replay_never_synchronises_with_the_host():
     req = toy_request(m=2, batch=2, steps=5, eta=1.0, device="cuda")
     runner = ToyRunner(req.names, device="cuda")
-    loop = CG.GraphedLoop(runner, CG.plan_loop(runner, *req.args()), mode="step")
+    loop = CG.GraphedLoop(runner, GP.plan_loop(runner, *req.args()), mode="step")
     loop.load(*req.load_args())
     loop.prepare()
     torch.cuda.synchronize()
@@ -665,7 +666,7 @@ def test_gpu_fused_kernel_reads_the_device_step_in_the_graph():
 
     req = toy_request(m=2, device="cuda")
     runner = ToyRunner(req.names, device="cuda")
-    loop = CG.GraphedLoop(runner, CG.plan_loop(runner, *req.args()), mode="step")
+    loop = CG.GraphedLoop(runner, GP.plan_loop(runner, *req.args()), mode="step")
     assert loop.step_on_device == (select_kernel(torch.device("cuda")) != "torch")
 
 
@@ -696,7 +697,8 @@ def test_gpu_fast_runner_graph_equals_its_plain_loop(micro_model, dtype):
 
 @needs_cuda
 def test_gpu_fp16_image_psnr_against_fp32_is_at_least_30_db():
-    from cdx.engine.pipeline import Request, generate
+    from cdx.sampling.pipeline import generate
+    from cdx.sampling.request import Request
 
     model = random_model(preset("tiny"), seed=11)
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

@@ -9,12 +9,12 @@ from PIL import Image
 
 from cdx.cli import main
 from cdx.models.bundle import load_bundle
-from cdx.train.edit import EditConfig, load_image, reconstruction_loss, run_edit
+from cdx.edit.optimise import EditConfig, load_image, reconstruction_loss, run_edit
 
 
 @pytest.fixture(scope="module")
 def face(tmp_path_factory):
-    from cdx.train.synth import generate
+    from cdx.synth import generate
 
     path = tmp_path_factory.mktemp("face") / "face.png"
     Image.fromarray(generate(5, size=96).image).save(path)
@@ -167,19 +167,25 @@ def test_edit_on_tensorrt_without_usable_engines_is_one_line(tiny_bundle, face, 
 
 def test_edit_on_tensorrt_refuses_engines_that_share_no_weight_names(monkeypatch, tmp_path):
     """A refit that sets nothing would render the unedited collaborators: refused in one line instead."""
-    from cdx.engine import edit_render
+    from cdx.edit import render as edit_render
     from cdx.errors import CdxError
     from cdx.models.config import preset
     from cdx.models.random_init import random_model
-    from cdx.train.edit import EditState
+    from cdx.edit.optimise import EditState
 
     class NoNames:  # an engine built from some other export: no initializer name in common
         def refit_from_onnx(self, network, onnx_path):
             assert onnx_path.is_file()
             return 0
 
+    import dataclasses
+
+    from cdx.backends import get_backend, registry, trt
+
     monkeypatch.setattr(edit_render, "cache_dir", lambda: tmp_path)
-    monkeypatch.setattr(edit_render, "_trt_runner", lambda model, engine_dir: NoNames())
+    monkeypatch.setattr(trt, "_trt_factory", lambda req: NoNames())  # usable engines, as far as the registry knows
+    monkeypatch.setitem(registry._REGISTRY, "tensorrt",
+                        dataclasses.replace(get_backend("tensorrt"), why_not=lambda req: None))
     model = random_model(preset("tiny"), seed=2)
     state = EditState(["text"], {}, {}, {"text": model.unets["text"].state_dict()}, {})
     with pytest.raises(CdxError, match="shares no weight names"):

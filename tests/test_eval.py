@@ -9,9 +9,10 @@ import torch
 from click.testing import CliRunner
 
 from cdx.cli import main
-from cdx.engine.runner import TorchRunner
-from cdx.engine.sampler import draw_noise, sample
+from cdx.backends.pytorch.eager import TorchRunner
+from cdx.sampling.loop import draw_noise, sample
 from cdx.evaluation.methods import METHODS, Method, run_method
+from cdx.sampling.settings import Sampling
 from cdx.evaluation.metrics import attribute_accuracy, fd, frechet_distance, paired_ci, pixel_accuracy
 from cdx.evaluation.nets import CLASSIFIER_ATTRS, load_eval_nets, parse_target
 from cdx.evaluation.run_eval import _contexts, evaluate, markdown_table, synthetic_faces
@@ -187,7 +188,7 @@ def test_eval_command_writes_json_and_markdown(tiny_bundle, tmp_path):
 
 
 def test_eval_no_temporal_keeps_each_steps_shaping_and_the_frozen_variant_does_not(tiny_setup):
-    from cdx.engine.sampler import make_shaping
+    from cdx.sampling.loop import make_shaping
     from cdx.kernels import combine_weights
     from cdx.train.assemble import sampling_config
 
@@ -196,7 +197,7 @@ def test_eval_no_temporal_keeps_each_steps_shaping_and_the_frozen_variant_does_n
     shaping_for = lambda names: make_shaping(cfg, names, table, cfg.timesteps)  # noqa: E731
     shaping = shaping_for(["mask", "text"])
     assert shaping is not None and shaping.decay[1, 0] < shaping.decay[0, 0]  # the mask's weight decays over t
-    runs = {m: run_method(m, runner, modalities, x_T, noise, table, shaping_for, return_influence=True)[0].influence
+    runs = {m: run_method(m, runner, modalities, x_T, noise, table, cfg, return_influence=True)[0].influence
             for m in ("collaborative", "no_temporal", "no_temporal_frozen")}
     collab, nt, frozen = runs["collaborative"], runs["no_temporal"], runs["no_temporal_frozen"]
     torch.testing.assert_close(nt[0], collab[0], rtol=0, atol=1e-5)  # step 0 is the same for all three
@@ -217,7 +218,7 @@ def test_eval_takes_a_benchmarks_own_method_and_pairs_it_with_collaborative(tiny
     mask_heavy = Method("mask_heavy", ("mask", "text"), lambda: lambda i, eps, influence: torch.stack(
         [torch.full_like(eps[0, :, :1], 0.9, dtype=torch.float32), torch.full_like(eps[0, :, :1], 0.1,
                                                                                     dtype=torch.float32)]))
-    res = evaluate(runner, runner.cfg, n=4, steps=1, methods=["collaborative", mask_heavy, "text_only"], batch=4,
+    res = evaluate(runner, runner.cfg, n=4, sampling=Sampling(steps=1), methods=["collaborative", mask_heavy, "text_only"], batch=4,
                    n_ref=8)
     assert list(res["methods"]) == ["collaborative", "mask_heavy", "text_only"]
     assert set(res["paired"]) == {"mask_heavy", "text_only"}

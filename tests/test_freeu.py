@@ -160,10 +160,10 @@ def test_freeu_onnx_runtime_matches_torch_on_a_tiny_unet(tmp_path):
 
 def test_freeu_image_through_onnx_runtime_matches_torch(tiny_bundle, tmp_path):
     """The whole tiny model with FreeU on its collaborators: export, sample through ONNX Runtime and torch."""
-    from cdx.engine.ort_runner import OrtRunner
-    from cdx.engine.runner import TorchRunner
-    from cdx.engine.sampler import draw_noise, make_shaping, sample
-    from cdx.engine.schedule import alphas_cumprod, ddim_table, linear_betas
+    from cdx.backends.ort import OrtRunner
+    from cdx.backends.pytorch.eager import TorchRunner
+    from cdx.sampling.loop import draw_noise, make_shaping, sample
+    from cdx.models.schedule import alphas_cumprod, ddim_table, linear_betas
     from cdx.export.onnx_export import export_bundle, random_inputs
     from cdx.export.spec import network_specs
     from cdx.models.bundle import load_bundle

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from golden import golden_dirs
-from cdx.engine.pipeline import to_uint8
-from cdx.engine.runner import TorchRunner
-from cdx.engine.sampler import make_shaping, sample
-from cdx.engine.schedule import alphas_cumprod, cosine_decay, ddim_table, linear_betas
+from cdx.sampling.pipeline import to_uint8
+from cdx.backends.pytorch.eager import TorchRunner
+from cdx.sampling.loop import make_shaping, sample
+from cdx.models.schedule import alphas_cumprod, cosine_decay, ddim_table, linear_betas
 from cdx.kernels import collaborate
 from cdx.models.config import from_official_configs
 from cdx.models.convert import convert_official

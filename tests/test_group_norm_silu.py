@@ -15,10 +15,10 @@ import sys
 import pytest
 import torch
 
-from cdx.engine.runner import TorchRunner
-from cdx.engine.torch_cuda import GroupNormSiLU, cuda_runner, fold_norm_silu
-from cdx.kernels.group_norm_silu import (BLOCK, group_norm_silu, group_norm_silu_reference,
-                                         group_norm_silu_triton, kernel_reason)
+from cdx.backends.pytorch.eager import TorchRunner
+from cdx.backends.pytorch.cuda import GroupNormSiLU, cuda_runner, fold_norm_silu
+from cdx.kernels.group_norm_silu import (BLOCK, group_norm_silu, group_norm_silu_reference, group_norm_silu_triton,
+                                         kernel_reason)
 from cdx.models.config import preset
 from cdx.models.random_init import random_model
 from cdx.models.unet import ResBlock
@@ -124,7 +124,7 @@ def test_runner_with_the_kernel_matches_the_reference_runner(interpret):
 
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+@pytest.mark.gpu
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_gpu_kernel_matches_the_torch_ops(dtype):

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from cdx.cli import main
-from cdx.engine.backends import make_runner
+from cdx.backends.registry import make_runner
 from cdx.errors import CdxError
 from cdx.export.manifest import read_export_manifest
 from cdx.models.bundle import save_bundle

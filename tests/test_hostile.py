@@ -1,4 +1,4 @@
-"""Hostile input against the real CLI (issue 21): every case exits 2 with one `error:` line on stderr, no
+"""Hostile input against the real CLI: every case exits 2 with one `error:` line on stderr, no
 traceback, no output or partial file, and leaves what existed before byte-identical. Folders cdx did not
 write are never replaced; malformed artifacts are named with how to rebuild them; write errors are one line.
 Cache poisoning and killed runs: test_hostile_cache.py."""
@@ -362,17 +362,17 @@ def test_unexpected_failure_is_one_line_naming_a_bug(tiny_bundle, tmp_path, monk
     assert "ZeroDivisionError" in line and sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-# --- the generation request's own bounds (issue 19, the lead's: listed here so the suite covers them) -----------
+# --- the generation request's own bounds ------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra,needle", [
     (["--seed", str(2**64)], "seed"), (["--seed", "-1"], "seed"), (["--batch", str(10**9)], "batch"),
     (["--guidance", "text=1e9"], "guidance"), (["--guidance", "text=nan"], "guidance"),
 ])
-def test_request_bounds_issue19(tiny_bundle, tmp_path, extra, needle):
+def test_request_bounds(tiny_bundle, tmp_path, extra, needle):
     refused_and_unchanged(tmp_path, run_args(tiny_bundle, tmp_path / "o.png", *extra), needle)
 
 
-def test_output_equal_to_input_issue19(tiny_bundle, tmp_path, real_mask):
+def test_output_equal_to_input(tiny_bundle, tmp_path, real_mask):
     mask = tmp_path / "mask.png"
     mask.write_bytes(real_mask.read_bytes())
     base = ["run", "--backend", "torch", "--checkpoint", tiny_bundle, "--steps", 1]
@@ -406,7 +406,7 @@ def known_words_bundle(tmp_path_factory):
     (CAPTION.replace("beard", "moustache"), True, "'moustache': the model never saw them in training"),
     ("This man has a beard \U0001F642", False, "'\U0001F642': the text encoder's vocabulary cannot spell them"),
 ])
-def test_empty_or_unknown_caption_warns_issue19(tiny_bundle, known_words_bundle, tmp_path, caption, recorded,
+def test_empty_or_unknown_caption_warns(tiny_bundle, known_words_bundle, tmp_path, caption, recorded,
                                                 named):
     bundle = known_words_bundle if recorded else tiny_bundle
     r = cli("run", "--backend", "torch", "--checkpoint", bundle, "--text", caption, "--steps", 1,
@@ -425,7 +425,7 @@ def test_known_caption_and_bundle_without_vocabulary_do_not_warn(tiny_bundle, kn
 
 def test_the_shipped_model_names_the_words_it_never_saw():
     from cdx.api import config_of
-    from cdx.engine.request import make_request
+    from cdx.sampling.request import make_request
 
     cfg = config_of(None)
     assert {"grey", "blond", "lipstick"} <= set(cfg.modality("text").vocabulary)

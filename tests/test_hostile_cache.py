@@ -1,4 +1,4 @@
-"""Cache poisoning and killed runs (issue 21): the shipped model renders the same image after every attempt
+"""Cache poisoning and killed runs: the shipped model renders the same image after every attempt
 to poison the export cache; a tampered cache entry is exported again, a foreign one is left alone; the
 temporary folders of killed writers are removed by the next writer in that folder."""
 from __future__ import annotations
@@ -126,7 +126,7 @@ def test_stale_temporaries_are_removed_live_ones_kept(tmp_path, kind):
 def test_first_use_export_survives_a_killed_run_and_a_foreign_slot(tiny_bundle, tmp_path):
     """A killed first-use export's leftovers go with the next export; a slot holding something cdx did not
     write is left as it is and the next slot is used."""
-    from cdx.engine.export_cache import cache_key
+    from cdx.export.cache import cache_key
     from cdx.export.onnx_export import DEFAULT_OPSET
     from cdx.models.bundle import load_bundle, verified_bundle_hash
 

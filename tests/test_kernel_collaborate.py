@@ -31,8 +31,8 @@ from cdx.kernels.checks import check_collaborate
 from cdx.kernels.reference import collaborate_reference
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-HAS_CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+from conftest import HAS_CUDA  # noqa: E402
+needs_cuda = pytest.mark.gpu
 
 
 @pytest.fixture
@@ -179,7 +179,7 @@ def test_kernel_triton_mixed_dtypes(interpret, eps_dtype, x_dtype):
 
 def test_kernel_triton_real_schedules(interpret):
     """The official DDIM (eta=1) and DDPM tables at every step, first step included (B ~ 0.07)."""
-    from cdx.engine.schedule import alphas_cumprod, linear_betas, make_table
+    from cdx.models.schedule import alphas_cumprod, linear_betas, make_table
     from cdx.kernels.triton_collaborate import collaborate_triton
 
     acp = alphas_cumprod(linear_betas())

@@ -84,8 +84,8 @@ def test_three_modalities_through_the_api_on_torch_and_onnxruntime(sketch_bundle
 
 
 def test_exported_sketch_encoder_matches_torch(sketch_bundle, tmp_path):
-    from cdx.engine.ort_runner import OrtRunner
-    from cdx.engine.runner import TorchRunner
+    from cdx.backends.ort import OrtRunner
+    from cdx.backends.pytorch.eager import TorchRunner
     from cdx.export.onnx_export import export_bundle, random_inputs
     from cdx.models.bundle import load_bundle
 
@@ -112,7 +112,7 @@ def test_cdx_run_takes_cond(sketch_bundle, sketch_png, tmp_path):
 
 def test_io_binding_gives_the_same_outputs(tiny_export):
     """ONNX Runtime reading and writing torch tensors in place equals its host-copy path (CPU here)."""
-    from cdx.engine.ort_runner import OrtRunner
+    from cdx.backends.ort import OrtRunner
     from cdx.export.onnx_export import random_inputs
 
     plain, bound = OrtRunner(tiny_export), OrtRunner(tiny_export, io_binding=True)

@@ -10,8 +10,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cdx.cli import main
-from cdx.engine.ort_runner import OrtRunner
+from cdx.backends.ort import OrtRunner
 from cdx.errors import StaleArtifactError
+from cdx.backends.pytorch.eager import TorchRunner  # noqa: E402
 from cdx.export.verify import verify_export
 from cdx.models.bundle import load_bundle
 from cdx.evaluation.metrics import psnr
@@ -34,7 +35,7 @@ def test_onnx_export_files_pass_full_check(tiny_export):
 
 
 def test_onnx_verify_against_torch(tiny_bundle, tiny_export):
-    worst = verify_export(load_bundle(tiny_bundle), tiny_export)
+    worst = verify_export(TorchRunner(load_bundle(tiny_bundle)), tiny_export)
     assert len(worst) == 8
     assert all(err <= 1e-4 for err in worst.values()), worst
 

@@ -56,9 +56,9 @@ def test_unets_of_different_shapes_are_refused():
         PairedUNet(a, b)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+@pytest.mark.gpu
 def test_gpu_fp16_paired_unet_is_close_to_the_two_unets():
-    from cdx.engine.torch_cuda import keep_norms_fp32
+    from cdx.backends.pytorch.cuda import keep_norms_fp32
 
     a, b = (u.cuda().half() for u in unets())
     keep_norms_fp32(a), keep_norms_fp32(b)  # GroupNorm32 normalises in fp32, as in the runner

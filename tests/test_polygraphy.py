@@ -22,9 +22,9 @@ from polygraphy.backend.trt import CreateConfig, Profile  # noqa: E402
 from polygraphy.comparator import IterationResult, RunResults  # noqa: E402
 
 from cdx.cli import main  # noqa: E402
-from cdx.engine.runner import TorchRunner  # noqa: E402
-from cdx.engine.trt import available, build_engines, plan_builds  # noqa: E402
-from cdx.engine.trt.builder import build_config, polygraphy_flags, polygraphy_profile  # noqa: E402
+from cdx.backends.pytorch.eager import TorchRunner  # noqa: E402
+from cdx.backends.trt import available, build_engines, plan_builds  # noqa: E402
+from cdx.backends.trt.builder import build_config, polygraphy_flags, polygraphy_profile  # noqa: E402
 from cdx.errors import CdxError  # noqa: E402
 from cdx.export.onnx_export import random_inputs  # noqa: E402
 from cdx.export.spec import network_specs  # noqa: E402
@@ -35,11 +35,10 @@ from cdx.models.config import ModelConfig  # noqa: E402
 GPU = ("NVIDIA H100 80GB HBM3", (9, 0))
 TRT = "10.9.0.34"
 POLYGRAPHY = shutil.which("polygraphy", path=str(Path(sys.executable).parent)) or shutil.which("polygraphy")
-HAS_CUDA = torch.cuda.is_available()
 
 
 def manifest_of(folder: Path) -> dict:
-    from cdx.engine.ort_runner import read_export_manifest
+    from cdx.export.manifest import read_export_manifest
 
     return read_export_manifest(folder)
 
@@ -143,7 +142,7 @@ def test_verify_export_equals_a_direct_onnxruntime_comparison(tiny_bundle, tiny_
     """cdx export --verify's numbers (polygraphy's OnnxrtRunner and comparator) are max|ort - torch| /
     max|torch| on the same inputs, recomputed here with onnxruntime and torch alone."""
     model = load_bundle(tiny_bundle)
-    worst = verify_export(model, tiny_export, seed=11)
+    worst = verify_export(TorchRunner(model), tiny_export, seed=11)
     manifest, ref = manifest_of(tiny_export), TorchRunner(model)
     g = torch.Generator().manual_seed(11)
     specs = network_specs(ModelConfig.from_dict(manifest["config"]))
@@ -233,7 +232,7 @@ def test_polygraphy_cli_compares_saved_reference_outputs(tiny_bundle, tiny_expor
 # ---------------------------------------------------------------- cuda-python
 
 def _cudart():
-    from cdx.engine.trt.graph import cudart
+    from cdx.backends.trt.graph import cudart
 
     try:
         return cudart()
@@ -243,7 +242,7 @@ def _cudart():
 
 def test_cuda_python_results_and_errors(monkeypatch):
     """check() unpacks cuda-python's (error, value) results and turns an error into one line."""
-    from cdx.engine.trt.graph import check
+    from cdx.backends.trt.graph import check
 
     rt = _cudart()
     assert check(rt.cudaGetErrorName(rt.cudaError_t.cudaErrorInvalidValue), "cudaGetErrorName") \
@@ -255,7 +254,7 @@ def test_cuda_python_results_and_errors(monkeypatch):
 
 
 def test_cuda_python_missing_is_one_line(monkeypatch):
-    from cdx.engine.trt.graph import NO_CUDA_PYTHON, cudart
+    from cdx.backends.trt.graph import NO_CUDA_PYTHON, cudart
 
     for name in ("cuda", "cuda.bindings", "cuda.bindings.runtime", "cuda.cudart"):
         monkeypatch.setitem(sys.modules, name, None)
@@ -264,9 +263,9 @@ def test_cuda_python_missing_is_one_line(monkeypatch):
     assert str(e.value) == NO_CUDA_PYTHON
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+@pytest.mark.gpu
 def test_cuda_python_graph_replays_a_step_that_reads_its_index_on_the_device():
-    from cdx.engine.trt.graph import capture
+    from cdx.backends.trt.graph import capture
 
     _cudart()
     dev = torch.device("cuda")
@@ -298,9 +297,9 @@ def test_cuda_python_graph_replays_a_step_that_reads_its_index_on_the_device():
     graph.close()
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+@pytest.mark.gpu
 def test_cuda_python_capture_refuses_a_body_that_allocates():
-    from cdx.engine.trt.graph import capture
+    from cdx.backends.trt.graph import capture
 
     _cudart()
     x = torch.randn(1024, device="cuda")
@@ -314,5 +313,5 @@ def test_verification_without_polygraphy_is_one_line(tiny_bundle, tiny_export, m
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "polygraphy" else real(name, *a))
     with pytest.raises(CdxError) as e:
-        verify_export(load_bundle(tiny_bundle), tiny_export)
+        verify_export(TorchRunner(load_bundle(tiny_bundle)), tiny_export)
     assert str(e.value) == "verification compares through polygraphy, which is not installed: pip install polygraphy"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cdx.engine.schedule import alphas_cumprod, ddim_table, ddim_timesteps, ddpm_table, linear_betas
+from cdx.models.schedule import alphas_cumprod, ddim_table, ddim_timesteps, ddpm_table, linear_betas
 
 
 def test_golden_schedule_ddim_quirks():
@@ -50,7 +50,7 @@ def test_schedule_ddpm_strided_reaches_x0():
 def test_ddim_eta_above_one_is_refused_because_its_table_has_nan():
     """With eta > 1 the step noise outgrows sqrt(1 - a_prev): the table would hold NaN, so it is refused; eta 1 is
     the largest valid value and gives a finite table at every step count."""
-    from cdx.engine.schedule import resolve_eta
+    from cdx.models.schedule import resolve_eta
     from cdx.errors import InputError
 
     acp = alphas_cumprod(linear_betas())

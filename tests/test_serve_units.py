@@ -17,7 +17,7 @@ if importlib.util.find_spec("pydantic") is None:  # installed with the serve ext
     pytest.skip("the serve extra is not installed (pip install -e '.[serve]')", allow_module_level=True)
 
 from cdx.api import Output, config_of  # noqa: E402
-from cdx.engine.request import make_request  # noqa: E402
+from cdx.sampling.request import make_request  # noqa: E402
 from cdx.errors import InputError  # noqa: E402
 from cdx.serve.batching import Job, plan_calls, run_jobs, split_output  # noqa: E402
 from cdx.serve.options import ServeOptions  # noqa: E402
@@ -73,7 +73,7 @@ def test_split_output_cuts_per_job(cfg):
 
 class _FailingPipe:
     def generate(self, req, guidance=None):
-        if req.steps == 4:
+        if req.sampling.steps == 4:
             raise InputError("batch 9: needs too much memory")
         raise RuntimeError("boom")
 

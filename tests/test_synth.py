@@ -1,4 +1,4 @@
-"""Synthetic face generator (cdx.train.synth) and the preview grid (cdx.train.preview)."""
+"""Synthetic face generator (cdx.synth) and the preview grid (cdx.train.preview)."""
 from __future__ import annotations
 
 import re
@@ -11,22 +11,8 @@ from PIL import Image
 from cdx.models.masks import FACE_PARTS, class_ids
 from cdx.train.preview import PALETTE as PREVIEW_PALETTE
 from cdx.train.preview import colourise_mask, save_preview_grid
-from cdx.train.synth import (
-    ALL_ATTRS,
-    LEVEL_WORDS,
-    MASK_ATTRS,
-    TEXT_ATTRS,
-    Attributes,
-    Sample,
-    SyntheticFaces,
-    generate,
-    generate_batch,
-    make_caption,
-    render,
-    render_layout,
-    render_with,
-    sample_attributes,
-)
+from cdx.synth import (ALL_ATTRS, LEVEL_WORDS, MASK_ATTRS, TEXT_ATTRS, Attributes, Sample, SyntheticFaces, generate,
+                       generate_batch, make_caption, render, render_layout, render_with, sample_attributes)
 
 EXAMPLES_PALETTE = [  # /work/shared/examples/README.md
     (0, 0, 0), (204, 0, 0), (76, 153, 0), (204, 204, 0), (51, 51, 255), (204, 0, 204), (0, 255, 255),
@@ -325,7 +311,7 @@ def _sha(a: np.ndarray) -> str:
 
 
 # Recorded from the generator as it was when the shipped model and the eval nets were trained on it
-# (cdx/train/synth.py before it became a package): a change here changes every training set.
+# (cdx/synth.py before it became a package): a change here changes every training set.
 RECORDED = {
     0: ("97cf10ca08d8c236", "4873cd84a2a6db18",
         "The woman has blond hair. She is a young adult in her twenties and wears light lipstick."),
@@ -347,8 +333,8 @@ def test_synth_output_is_the_generator_the_shipped_model_was_trained_on():
 
 def test_synth_parts_read_their_draws_by_name():
     """Every layout / colour slot name maps into its stream, and the stream sizes cover every slot."""
-    from cdx.train.synth.colours import COLOUR_SLOTS, N_COLOUR_DRAWS
-    from cdx.train.synth.layout import LAYOUT_SLOTS, N_LAYOUT_DRAWS
+    from cdx.synth.colours import COLOUR_SLOTS, N_COLOUR_DRAWS
+    from cdx.synth.layout import LAYOUT_SLOTS, N_LAYOUT_DRAWS
 
     for slots, n in ((LAYOUT_SLOTS, N_LAYOUT_DRAWS), (COLOUR_SLOTS, N_COLOUR_DRAWS)):
         for name, slot in slots.items():

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cdx.engine.runner import TorchRunner
-from cdx.engine.sampler import draw_noise, make_shaping
+from cdx.backends.pytorch.eager import TorchRunner
+from cdx.sampling.loop import draw_noise, make_shaping
 from cdx.evaluation.methods import run_method
 from cdx.evaluation.run_eval import _contexts, synthetic_faces
 from cdx.evaluation.nets import parse_target
@@ -39,10 +39,9 @@ def test_splices_meet_collaborative_and_no_temporal_at_their_ends_and_the_record
     modalities = _contexts(runner, cfg, Tokenizer(), faces, 0, 2)
     table = cfg.step_table(4)
     x_T, noise = draw_noise(4, 2, (cfg.latent_channels, *cfg.latent_size), table.num_steps)
-    shaping_for = lambda names: make_shaping(cfg, names, table, cfg.timesteps)  # noqa: E731
 
     def weights(method):
-        return run_method(method, runner, modalities, x_T, noise, table, shaping_for, return_influence=True)[0].influence
+        return run_method(method, runner, modalities, x_T, noise, table, cfg, return_influence=True)[0].influence
 
     collab, frozen = weights("collaborative"), weights("no_temporal")
     n = table.num_steps

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from cdx.engine.trt import (available, build_engines, cache_key, check_engine_manifest, parse_batch, plan_builds,
-                            profiles_for, read_engine_manifest, tensorrt_version, timing_cache_name)
-from cdx.engine.trt.builder import plan_entry
-from cdx.engine.trt.manifest import MANIFEST, build_header, read_onnx_manifest, record_engine
-from cdx.engine.trt.profiles import profiles_to_json
-from cdx.engine.trt.verify import check_errors
+from cdx.backends.trt import (available, build_engines, cache_key, check_engine_manifest, parse_batch, plan_builds,
+                              profiles_for, read_engine_manifest, tensorrt_version, timing_cache_name)
+from cdx.backends.trt.builder import plan_entry
+from cdx.backends.trt.manifest import MANIFEST, build_header, read_onnx_manifest, record_engine
+from cdx.backends.trt.profiles import profiles_to_json
+from cdx.backends.trt.verify import check_errors
 from cdx.errors import CdxError, InputError, StaleArtifactError
 from cdx.export.head_pad import head_dims, pad_attention_heads, padded_dim
 from cdx.export.onnx_export import export_network, random_inputs
@@ -501,8 +501,9 @@ def tiny_engines(tmp_path):
     return model, onnx, out
 
 
+@pytest.mark.tensorrt
 def test_trt_build_run_verify_and_skip(tiny_engines):
-    from cdx.engine.trt import TensorRTRunner, check_errors, verify_engines
+    from cdx.backends.trt import TensorRTRunner, check_errors, verify_engines
 
     model, onnx, out = tiny_engines
     m = check_engine_manifest(out, onnx, verify_plans=True)
@@ -524,8 +525,9 @@ def test_trt_build_run_verify_and_skip(tiny_engines):
         runner.run("mask_diffuser", {k: v.cuda() for k, v in random_inputs(spec, 5, g).items()})
 
 
+@pytest.mark.tensorrt
 def test_trt_enqueue_does_not_synchronise_and_is_graph_capturable(tiny_engines):
-    from cdx.engine.trt import TensorRTRunner
+    from cdx.backends.trt import TensorRTRunner
 
     _, onnx, out = tiny_engines
     runner = TensorRTRunner(out, onnx, networks=["mask_diffuser"])
@@ -543,11 +545,12 @@ def test_trt_enqueue_does_not_synchronise_and_is_graph_capturable(tiny_engines):
     assert torch.equal(outs["logits"], expect)
 
 
+@pytest.mark.tensorrt
 def test_trt_refit_and_refusals(tiny_engines):
     import onnx as onnx_lib
     from onnx import numpy_helper
 
-    from cdx.engine.trt import TensorRTRunner
+    from cdx.backends.trt import TensorRTRunner
 
     _, onnx, out = tiny_engines
     runner = TensorRTRunner(out, onnx, networks=["mask_encoder"])
@@ -563,9 +566,10 @@ def test_trt_refit_and_refusals(tiny_engines):
         check_engine_manifest(out, onnx, trt_version="0.0.0")
 
 
+@pytest.mark.tensorrt
 def test_trt_engines_are_built_as_polygraphy_was_asked(tiny_engines):
     """The loaders' settings reach TensorRT: profiles, refit, precision and the timing cache."""
-    from cdx.engine.trt import TensorRTRunner
+    from cdx.backends.trt import TensorRTRunner
 
     _, onnx, out = tiny_engines
     m = check_engine_manifest(out, onnx, verify_plans=True)
@@ -580,14 +584,16 @@ def test_trt_engines_are_built_as_polygraphy_was_asked(tiny_engines):
     assert not list(out.glob(".*.tmp")) and not list(out.glob("*.lock"))
 
 
+@pytest.mark.tensorrt
 def test_trt_step_captured_through_cuda_python_matches_the_plain_loop(tiny_engines):
     """GraphedLoop's step (engine, device step index, fused update) captured with cudaStreamBeginCapture
     and replayed with cudaGraphLaunch gives the plain loop's result."""
-    from cdx.engine import cuda_graph as CG
-    from cdx.engine.sampler import draw_noise, sample
+    from cdx.sampling.graph import capture as CG
+    from cdx.sampling.graph import plan as GP
+    from cdx.sampling.loop import draw_noise, sample
     from cdx.models.schedule import alphas_cumprod, linear_betas, make_table
-    from cdx.engine.trt import TensorRTRunner
-    from cdx.engine.trt.graph import CudartGraph, cudart
+    from cdx.backends.trt import TensorRTRunner
+    from cdx.backends.trt.graph import CudartGraph, cudart
 
     try:
         cudart()
@@ -602,7 +608,7 @@ def test_trt_step_captured_through_cuda_python_matches_the_plain_loop(tiny_engin
     ctx = runner.run("mask_encoder", {k: v.cuda() for k, v in feeds.items()})["context"]
     x_T, noise = x_T.cuda(), noise.cuda()
     ref = sample(runner, ["mask"], [ctx], x_T, noise, table)
-    plan = CG.plan_loop(runner, ["mask"], [ctx], x_T, noise, table)
+    plan = GP.plan_loop(runner, ["mask"], [ctx], x_T, noise, table)
     loop = CG.GraphedLoop(runner, plan, mode="step")
     got = loop(x_T, noise, [ctx], table)
     assert isinstance(loop.graph, CudartGraph), "GraphedLoop.prepare does not capture with runner.capture yet"

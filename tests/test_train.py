@@ -99,11 +99,11 @@ def assert_learns(losses: list[float], factor: float = 0.7) -> None:
 
 def test_train_data_uses_the_inference_preprocessing(tmp_path):
     from cdx.models.modalities import kind_of
-    from cdx.train.synth import generate_batch
+    from cdx.synth import generate_batch
 
     cfg = micro_config()
 
-    def inference(name, value):  # what a request makes of a user's value (cdx.engine.request)
+    def inference(name, value):  # what a request makes of a user's value (cdx.sampling.request)
         m = cfg.modality(name)
         return kind_of(m.kind).batch([value], m, name)
 
@@ -282,7 +282,7 @@ def test_assemble_dropout_record_is_inherited_by_zero_steps_only():
 
 def test_train_noise_schedule_is_the_samplers():
     """Training noises with the abar_t the DDIM table uses: sqrt(abar_t) is the table's B column."""
-    from cdx.engine.schedule import ddim_table
+    from cdx.models.schedule import ddim_table
 
     cfg = micro_config()
     acp = schedule(cfg)
@@ -424,7 +424,7 @@ def test_train_stages_assemble_and_run(faces, tmp_path):
     assert set(extra["stages"]) == {"vae", "collaborator:mask", "collaborator:text", "diffusers"}
     # the text collaborator's vocabulary: exactly the words of the 8 training captions
     from cdx.models.tokenizer import Tokenizer
-    from cdx.train.synth import caption_of
+    from cdx.synth import caption_of
 
     words = {w for i in range(8) for w in Tokenizer().words(caption_of((3, i)))}
     assert model.cfg.modality("text").vocabulary == tuple(sorted(words))
@@ -654,7 +654,7 @@ def test_train_collaborator_manifest_ignores_sampling_settings(faces, tmp_path):
 
 
 def test_train_cli_refuses_hostile_options_before_any_work(tmp_path):
-    """Issue 21: a budget that would write an untrained network, unbounded or non-finite rates, a --work that is
+    """A budget that would write an untrained network, unbounded or non-finite rates, a --work that is
     a file or somebody else's folder: one line, exit 2, nothing written and nothing the user had changed."""
     afile = tmp_path / "notes.txt"
     afile.write_text("mine")

@@ -14,7 +14,7 @@ from cdx.models.config import preset
 from cdx.models.masks import save_label_map
 from cdx.train.data import encode_sample, trainable
 from cdx.train.sources import load_image, open_source
-from cdx.train.synth import generate
+from cdx.synth import generate
 from test_train import one_thread  # noqa: F401  (autouse: one torch thread)
 
 CAPTION = "This man has beard of medium length. He is in his thirties."

@@ -52,7 +52,7 @@ def test_two_processes_train_what_one_trains_and_the_bundle_runs(tmp_path):
         assert two["train"]["batch"] == 4
     mask = tmp_path / "mask.png"
     from cdx.models.masks import save_label_map
-    from cdx.train.synth import generate
+    from cdx.synth import generate
 
     save_label_map(mask, generate((1, 1), 64).label)
     cdx(["run", "--backend", "torch", "--checkpoint", str(tmp_path / "b2"), "--text", CAPTION, "--mask", str(mask),

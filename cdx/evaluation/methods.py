@@ -1,8 +1,8 @@
 """The generation methods compared in the paper's Tables 1 and 2, as weightings of the one collaborative step.
 
-Every method runs Algorithm 2 (``cdx.engine.sampler.sample``) on the same x_T, per-step noise and conditions;
+Every method runs Algorithm 2 (``cdx.sampling.pipeline.loop``) on the same x_T, per-step noise and conditions;
 only the per-pixel weights that mix the collaborators' eps differ. A weighting
-``hook(step, eps, influence) -> weights (M, B, 1, h, w)`` chooses them (``cdx.engine.step``):
+``hook(step, eps, influence) -> weights (M, B, 1, h, w)`` chooses them (``cdx.sampling.step``):
 ``influence()`` runs the dynamic diffusers at this step and returns their softmax weights after the model's
 official shaping when it has one; ``influence.raw()`` returns them before shaping, and ``influence(w)`` shapes
 given weights with this step's shaping. The step hands the weights to the fused collaborate op as logits
@@ -29,10 +29,12 @@ from typing import Callable
 
 import torch
 
-from ..engine.runner import Runner
-from ..engine.sampler import LoopResult, sample
-from ..engine.step import Weighting as WeightsHook
+from ..models.config import ModelConfig
 from ..models.schedule import StepTable
+from ..sampling.loop import LoopResult
+from ..sampling.pipeline import loop, loop_inputs
+from ..sampling.runner import Runner
+from ..sampling.step import Weighting as WeightsHook
 
 
 def _collaborative() -> WeightsHook:
@@ -96,16 +98,15 @@ def method_named(name: str) -> Method:
 
 
 def run_method(method: str | Method, runner: Runner, modalities: dict[str, tuple[str, torch.Tensor]],
-               x_T: torch.Tensor, noise: torch.Tensor, table: StepTable, shaping_for=None,
+               x_T: torch.Tensor, noise: torch.Tensor, table: StepTable, cfg: ModelConfig | None = None,
                return_influence: bool = False) -> tuple[LoopResult, list[str]]:
     """Run one method. ``modalities`` maps a kind ("mask", "text") to (modality name, context) in model order;
-    ``shaping_for(names)`` gives the official shaping of a modality list (None: no shaping)."""
+    `cfg` gives the official shaping (None: no shaping; composable never has it)."""
     m = method_named(method) if isinstance(method, str) else method
     missing = [k for k in m.kinds if k not in modalities]
     if missing:
         raise ValueError(f"method {m.name} needs the {', '.join(missing)} modality, which this model lacks")
     chosen = [v for k, v in modalities.items() if k in m.kinds]
     names, contexts = [n for n, _ in chosen], [c for _, c in chosen]
-    shaping = shaping_for(names) if shaping_for is not None and m.name != "composable" else None
-    loop = sample(runner, names, contexts, x_T, noise, table, shaping, return_influence, weighting=m.make_hook())
-    return loop, names
+    li = loop_inputs(cfg if m.name != "composable" else None, table, names, contexts, (x_T, noise))
+    return loop(runner, li, return_influence, weighting=m.make_hook()), names

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..defaults import PACKAGE_DATA
 from ..errors import CdxError
-from ..train.synth import LEVELS
+from ..synth import LEVELS
 
 NUM_CLASSES = 19
 IMAGE_SIZE = 64

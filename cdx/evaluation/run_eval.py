@@ -22,14 +22,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..engine.pipeline import to_uint8
+from ..sampling.pipeline import decode
 from ..models.modalities import kind_of
-from ..engine.runner import Runner
-from ..engine.sampler import draw_noise, make_shaping
+from ..sampling.runner import Runner
+from ..sampling.settings import Sampling
+from ..sampling.loop import draw_noise
 from ..models.config import ModelConfig
 from ..models.masks import one_hot
 from ..models.tokenizer import Tokenizer
-from ..train.synth import ALL_ATTRS, generate
+from ..synth import ALL_ATTRS, generate
 from .methods import METHODS, Method, method_named, run_method
 from .metrics import attribute_accuracy, fd, feature_stats, paired_ci, paired_fd_cis, pixel_accuracy
 from .nets import CLASSIFIER_ATTRS, PARSE_SIZE, EvalNets, load_eval_nets, parse_target
@@ -100,12 +101,13 @@ def _contexts(runner: Runner, cfg: ModelConfig, tokenizer: Tokenizer, faces: dic
     return out
 
 
-def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, steps: int = 50,
+def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, sampling: Sampling | None = None,
              methods: Sequence[str | Method] | str = "all", batch: int = 16, nets: EvalNets | None = None,
-             n_ref: int = 1024, progress: Callable[[str], None] | None = None, eta: float = 0.0) -> dict:
+             n_ref: int = 1024, progress: Callable[[str], None] | None = None) -> dict:
     """Generate with each method from the same n test conditions and noise; score FD, text acc, mask acc.
-    `methods` are names of :data:`METHODS` or `Method` objects (a benchmark's own weighting); with
-    `collaborative` among them, "paired" holds its accuracy differences to each other method."""
+    `cfg` is the model's config as sampled (its shaping), `sampling` the settings (default: 50 DDIM steps at
+    the model's eta). `methods` are names of :data:`METHODS` or `Method` objects (a benchmark's own
+    weighting); with `collaborative` among them, "paired" holds its accuracy differences to each other method."""
     def resolve(m):
         try:
             return method_named(m) if isinstance(m, str) else m
@@ -125,7 +127,8 @@ def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, step
     faces["parse"] = parse_target(faces["labels"])  # (n, 32, 32)
     ref_features = nets.features(synthetic_faces((REFERENCE_SEED, seed), max(n_ref, 2))["images"])
 
-    table = cfg.step_table(steps, "ddim", eta)
+    sampling = (sampling or Sampling()).checked(cfg)
+    table = sampling.table(cfg)
     x_T, noise = draw_noise(seed, n, (cfg.latent_channels, *cfg.latent_size), table.num_steps)  # shared by all
     tokenizer = Tokenizer()
     images = {m: [] for m in names}
@@ -135,13 +138,12 @@ def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, step
         modalities = _contexts(runner, cfg, tokenizer, faces, lo, hi)
         for m in names:
             t0 = time.perf_counter()
-            loop, _ = run_method(by_name[m], runner, modalities, x_T[lo:hi], noise[:, lo:hi].contiguous(), table,
-                                 shaping_for=lambda mods: make_shaping(cfg, mods, table, cfg.timesteps))
-            images[m].append(to_uint8(runner.run("vae_decoder", {"latent": loop.z0})["image"]))
+            res, _ = run_method(by_name[m], runner, modalities, x_T[lo:hi], noise[:, lo:hi].contiguous(), table, cfg)
+            images[m].append(decode(runner, res.z0)[1])
             seconds[m] += time.perf_counter() - t0
             if progress is not None:
                 progress(f"{m}: {hi}/{n}")
-    result = {"n": n, "seed": seed, "steps": int(table.num_steps), "sampler": "ddim", "eta": eta,
+    result = {"n": n, "seed": seed, "steps": int(table.num_steps), "sampler": sampling.sampler, "eta": table.eta,
               "n_ref": max(n_ref, 2), "shaping": bool(cfg.shaping),
               "guidance": {m.name: m.guidance for m in cfg.modalities},
               "real": score(nets, faces["images"], faces, ref_features), "methods": {}}
@@ -164,7 +166,8 @@ def markdown_table(result: dict) -> str:
     if pairs:
         head += " collaborative - row: FD | text | mask |"
         rule += " ---: | ---: | ---: |"
-    lines = [f"n = {result['n']}, {result['steps']} DDIM steps (eta {result.get('eta', 0.0):g}), "
+    lines = [f"n = {result['n']}, {result['steps']} {result.get('sampler', 'ddim').upper()} steps "
+             f"(eta {result.get('eta', 0.0):g}), "
              f"official shaping {'on' if result.get('shaping') else 'off'}, "
              f"guidance {guided or 'none'}, seed {result['seed']}, FD against "
              f"{result['n_ref']} real synthetic faces", "", head, rule]

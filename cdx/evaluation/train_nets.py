@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..train.data import synth_fingerprint
-from ..train.synth import ALL_ATTRS, TEXT_ATTRS, generate_batch
+from ..synth import ALL_ATTRS, TEXT_ATTRS, generate_batch
 from .nets import CLASSIFIER_ATTRS, AttributeClassifier, FaceParser, parse_target, save_eval_nets, to_input
 
 TRAIN_SEED = 7100

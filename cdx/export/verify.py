@@ -1,5 +1,5 @@
 """Exported graphs checked through polygraphy: its ONNX Runtime runner runs each graph, the reference's
-outputs (torch here, the engines in cdx.engine.trt.verify) are loaded into its results as data, and its
+outputs (a runner given by the caller: torch for `cdx export --verify`, the engines in cdx.backends.trt.verify) are loaded into its results as data, and its
 comparator measures them. Worst error per network = max |test - reference| / max |reference|, worst output.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from ..errors import CdxError
-from ..models.collab import CollaborativeModel
 from .onnx_export import random_inputs
 
 TOLERANCE = 1e-4  # worst relative error an fp32 export may have against torch (`cdx export --verify`)
@@ -98,25 +97,24 @@ def compare_with_onnxrt(onnx_path, inputs: dict, outputs: dict, name: str, tol: 
         return compare(runs, tol, *((0, 1) if reference == "data" else (1, 0)))
 
 
-def verify_export(model: CollaborativeModel, folder: str | os.PathLike, batch: int = 3,
-                  seed: int | None = None) -> dict:
-    """{network: worst error of ONNX Runtime against torch}. Batch 3 on purpose: the graphs were traced
-    at batch 2, so this also checks the dynamic axis."""
-    from ..engine.ort_runner import ort_providers, read_export_manifest
-    from ..engine.runner import TorchRunner
+def verify_export(reference, folder: str | os.PathLike, batch: int = 3, seed: int | None = None,
+                  providers=None) -> dict:
+    """{network: worst error of ONNX Runtime against `reference`} (a runner: `run(network, inputs)`, e.g. the
+    torch backend's). Batch 3 on purpose: the graphs were traced at batch 2, so this also checks the
+    dynamic axis. `providers`: ONNX Runtime's (default its CPU provider)."""
     from ..models.config import ModelConfig
+    from .manifest import read_export_manifest
     from .spec import network_specs
 
     require_polygraphy()
     folder = Path(folder)
     manifest = read_export_manifest(folder)
-    ref = TorchRunner(model)
     specs = network_specs(ModelConfig.from_dict(manifest["config"]))  # the networks the export holds
     g = torch.Generator().manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
     worst = {}
     for name, spec in specs.items():
         inputs = random_inputs(spec, batch, g)
-        expect = ref.run(name, inputs)
+        expect = reference.run(name, inputs)
         worst[name], _ = compare_with_onnxrt(folder / manifest["networks"][name]["file"], inputs, expect, "torch",
-                                             TOLERANCE, providers=ort_providers())
+                                             TOLERANCE, providers=providers)
     return worst

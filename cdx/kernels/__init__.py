@@ -17,8 +17,7 @@ import warnings
 
 import torch
 
-from .checks import (CollaborateInputError, KernelBuildError, KernelUnavailableError, check_collaborate,
-                     make_outputs)
+from .checks import CollaborateInputError, KernelBuildError, KernelUnavailableError, check_collaborate, make_outputs
 from .reference import collaborate_reference, combine_weights
 
 KERNELS = ("torch", "triton", "cuda")

@@ -72,10 +72,10 @@ class StepTable:
 def check_eta(eta: float | None, flag: str = "--eta") -> None:
     """DDIM eta lies in [0, 1] (None = the model's default). Above 1 the step noise sigma outgrows
     sqrt(1 - a_prev) at some steps and the update's sqrt(1 - a_prev - sigma^2) is NaN."""
-    from ..errors import InputError
+    from ..validate import check_float
 
-    if eta is not None and not 0.0 <= eta <= 1.0:
-        raise InputError(f"{flag} {eta:g}: out of range (0 <= eta <= 1)")
+    if eta is not None:
+        check_float(eta, flag, 0.0, 1.0)
 
 
 def resolve_eta(model_eta: float, eta: float | None, flag: str = "--eta") -> float:

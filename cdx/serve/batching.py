@@ -9,7 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..engine.request import Request, concat_requests
+from ..sampling.request import Request, concat_requests
 from ..errors import CdxError
 
 log = logging.getLogger("cdx.serve")

@@ -136,7 +136,7 @@ class Ingress:
 
     @app.post("/v1/generate")
     async def generate(self, request: Request):
-        from ..engine.request import make_request
+        from ..sampling.request import make_request
 
         raw = await read_body(request, self.options.max_body_bytes)
         try:

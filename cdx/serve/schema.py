@@ -1,5 +1,5 @@
 """The HTTP API's JSON: the body of POST /v1/generate, checked by pydantic for shape and type and by
-`cdx.engine.request.make_request` for values (the one validation the Python API uses), and the reply.
+`cdx.sampling.request.make_request` for values (the one validation the Python API uses), and the reply.
 Every failure here is a `cdx.InputError` with one line, which the ingress answers with a 4xx."""
 from __future__ import annotations
 
@@ -95,7 +95,8 @@ def label_map_from_png(png: bytes, what: str = "mask") -> np.ndarray:
 def request_kwargs(body: GenerateBody, cfg, options: ServeOptions) -> tuple[dict, dict | None]:
     """make_request's keyword arguments and the guidance (None: the model's) of a parsed body, with this
     server's limits checked first."""
-    from ..engine.request import check_guidance, check_int
+    from ..sampling.request import check_guidance
+    from ..validate import check_int
 
     if body.text is None and body.mask is None:
         raise InputError("give at least one condition: text (a caption) or mask (a base64 PNG label map)")

@@ -13,8 +13,7 @@ import torch
 
 from ..errors import InputError
 from ..io import check_folder_target
-from ..models.bundle import (FORMAT, bundle_hash, file_sha256, load_bundle, read_manifest, save_bundle,
-                             stored_dtype)
+from ..models.bundle import FORMAT, bundle_hash, file_sha256, load_bundle, read_manifest, save_bundle, stored_dtype
 from ..models.collab import CollaborativeModel
 from ..models.config import ModelConfig
 from .autoencoder import load_vae

@@ -27,7 +27,7 @@ DATA_VERSION = 1
 
 def synth_fingerprint() -> str:
     """sha256 of the generator package's sources: a cache made by another version of it is rebuilt."""
-    from . import synth
+    from .. import synth
 
     h = hashlib.sha256()
     for path in sorted(Path(synth.__file__).parent.glob("*.py")):

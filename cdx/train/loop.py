@@ -266,6 +266,37 @@ def _batches(data, cfg: TrainConfig, micro: int, step: int):
         step = (epoch + 1) * per_epoch
 
 
+def _resume_step(name: str, ckpt: str | os.PathLike | None, resume: bool, meta: dict,
+                 resume_same: dict | None, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+                 cfg: TrainConfig) -> int:
+    """The step to start from: the checkpoint's at `ckpt` (loaded into the model, EMA and optimizer), else 0."""
+    if resume and ckpt is not None and Path(ckpt).is_file():
+        same = {"stage": meta.get("stage"), **{k: meta.get(k) for k in (resume_same or {})}}
+        start = load_checkpoint(ckpt, model, ema, opt, expect_meta=same, absent=resume_same, global_batch=cfg.batch)
+        _log(f"{name}: resumed from {ckpt} at step {start}")
+        return start
+    if resume:
+        _log(f"{name}: no checkpoint at {ckpt}; starting from step 0")
+    return 0
+
+
+def _accumulate(objective: nn.Module, batches, cfg: TrainConfig, d: dist.Dist, step: int, micro: int,
+                device: torch.device, amp: bool) -> float:
+    """Forward and backward passes of this process's micro-batches of step `step`; returns their summed loss."""
+    total = 0.0
+    for k in range(cfg.accum):
+        positions = (k * micro + torch.arange(micro)) * d.world + d.rank  # in the step's global batch
+        draws = Draws(cfg.seed, step, cfg.batch, positions)
+        last = k == cfg.accum - 1 or d.world == 1
+        with contextlib.nullcontext() if last else objective.no_sync():  # all-reduce once per step
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = objective(next(batches), draws)
+            loss = loss.float() / cfg.accum
+            loss.backward()
+        total += float(loss.detach())
+    return total
+
+
 def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, data,
           ckpt: str | os.PathLike | None = None, resume: bool = False, meta: dict | None = None,
           ema: nn.Module | None = None, resume_same: dict | None = None) -> tuple[nn.Module, LoopResult]:
@@ -284,13 +315,7 @@ def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, data,
     opt = make_optimizer(model.parameters(), cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     meta = dict(meta or {})
-    start = 0
-    if resume and ckpt is not None and Path(ckpt).is_file():
-        same = {"stage": meta.get("stage"), **{k: meta.get(k) for k in (resume_same or {})}}
-        start = load_checkpoint(ckpt, model, ema, opt, expect_meta=same, absent=resume_same, global_batch=cfg.batch)
-        _log(f"{name}: resumed from {ckpt} at step {start}")
-    elif resume:
-        _log(f"{name}: no checkpoint at {ckpt}; starting from step 0")
+    start = _resume_step(name, ckpt, resume, meta, resume_same, model, ema, opt, cfg)
     result = LoopResult(step=start, start_step=start)
     budget = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
     amp = use_amp(cfg.amp, device, name)
@@ -309,17 +334,7 @@ def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, data,
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            total = 0.0
-            for k in range(cfg.accum):
-                positions = (k * micro + torch.arange(micro)) * d.world + d.rank  # in the step's global batch
-                draws = Draws(cfg.seed, step, cfg.batch, positions)
-                last = k == cfg.accum - 1 or d.world == 1
-                with contextlib.nullcontext() if last else objective.no_sync():  # all-reduce once per step
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                        loss = objective(next(batches), draws)
-                    loss = loss.float() / cfg.accum
-                    loss.backward()
-                total += float(loss.detach())
+            total = _accumulate(objective, batches, cfg, d, step, micro, device, amp)
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()

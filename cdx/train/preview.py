@@ -51,7 +51,7 @@ def save_preview_grid(path: str | os.PathLike, samples: Sequence | Iterable, col
                       caption_lines: int = 5, sidecar: bool = True) -> str:
     """Write a PNG grid: for every sample, image | colourised mask side by side, caption printed underneath.
 
-    ``samples`` are :class:`cdx.train.synth.Sample` objects, dicts with ``image``/``label``/``caption`` or
+    ``samples`` are :class:`cdx.synth.Sample` objects, dicts with ``image``/``label``/``caption`` or
     ``(image, label[, caption])`` tuples.  Tiles are upscaled (nearest) to ``tile`` pixels.  With ``sidecar`` the
     full captions are also written to ``<path without .png>.txt``.  Returns the PNG path.
     """

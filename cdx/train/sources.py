@@ -68,7 +68,7 @@ class Source:
         """Sample i as the user gave it: "image" (a path or a uint8 array) and each field's value(s)."""
         name = self.names[i]
         if self._synth is not None:
-            from .synth import generate
+            from ..synth import generate
 
             s = generate((self._synth[0], int(name)), self._synth[1])
             return {"image": s.image, "caption": s.caption, "mask": s.label}

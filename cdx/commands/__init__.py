@@ -1,1 +1,0 @@
-"""One module per `cdx` command; each adds itself to `cdx.cli.main`."""
