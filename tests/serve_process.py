@@ -2,6 +2,7 @@
 can tell what it started and check that nothing of it is left after it stops."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket
@@ -61,6 +62,58 @@ def with_dir(path: str) -> set[int]:
             except OSError:
                 pass
     return out
+
+
+def _proc_addr(hex_addr: str) -> tuple[str, int]:
+    """'0100007F:1F90' (/proc/net/tcp) or its 32-hex-digit tcp6 form -> ('127.0.0.1', 8080)."""
+    host, port = hex_addr.split(":")
+    raw = bytes.fromhex(host)
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # each 32-bit word in host order
+    ip = ipaddress.ip_address(raw)
+    mapped = getattr(ip, "ipv4_mapped", None)  # shown as ::ffff:127.0.0.1 (an IPv6 socket for IPv4 only)
+    return (f"::ffff:{mapped}" if mapped else str(ip)), int(port, 16)
+
+
+def listening_sockets(pids) -> list[tuple[int, str, str, int]]:
+    """(pid, command line, address, port) of every TCP socket in LISTEN state that the processes `pids` hold,
+    from /proc (their fds' socket inodes matched against /proc/<pid>/net/tcp and tcp6)."""
+    inodes: dict[int, set[int]] = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    target = os.readlink(fd)
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.setdefault(int(target[8:-1]), set()).add(pid)
+        except OSError:  # exited meanwhile
+            continue
+    rows = []
+    for pid in sorted(pids):  # one network namespace: the first process that is still there tells
+        try:
+            rows = [line.split() for table in ("tcp", "tcp6")
+                    for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]]
+            break
+        except OSError:
+            continue
+    out = []
+    for f in rows:
+        if f[3] != "0A" or int(f[9]) not in inodes:  # 0A: TCP_LISTEN
+            continue
+        addr, port = _proc_addr(f[1])
+        for owner in sorted(inodes[int(f[9])]):
+            try:
+                cmd = Path(f"/proc/{owner}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                cmd = "?"
+            out.append((owner, cmd.strip()[:120], addr, port))
+    return out
+
+
+def is_loopback(addr: str) -> bool:
+    ip = ipaddress.ip_address(addr)
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
 
 
 class Server:

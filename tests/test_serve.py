@@ -11,6 +11,7 @@ import concurrent.futures as cf
 import importlib.util
 import os
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -20,8 +21,9 @@ import numpy as np
 import pytest
 
 from golden import REPO_ROOT
-from serve_process import Server, alive, free_port, with_dir
+from serve_process import Server, alive, free_port, is_loopback, listening_sockets, with_dir
 
+pytestmark = pytest.mark.serve
 REQUIRED = os.environ.get("CDX_REQUIRE_SERVE") == "1"
 for _mod in ("ray", "fastapi", "httpx"):
     if importlib.util.find_spec(_mod) is None:
@@ -181,6 +183,21 @@ def test_unknown_route_and_method_are_json(server):
         assert c.get(server.url + "v1/generate").status_code == 405
 
 
+def test_cross_site_requests_are_refused(server):
+    """Through Serve's proxy: a CORS simple request (text/plain) gets 415 and a Host that is not this server's
+    (a DNS name rebound to 127.0.0.1) 400, each as the one-line JSON error, before any work is done."""
+    payload = '{"text": "a face", "steps": 2}'
+    with httpx.Client(timeout=TIMEOUT) as c:
+        for ctype in ("text/plain;charset=UTF-8", "application/x-www-form-urlencoded"):
+            r = c.post(server.url + "v1/generate", content=payload, headers={"Content-Type": ctype})
+            assert r.status_code == 415 and "application/json" in r.json()["error"], (r.status_code, r.text[:300])
+        port = server.url.rstrip("/").rsplit(":", 1)[1]
+        r = c.post(server.url + "v1/generate", content=payload,
+                   headers={"Content-Type": "application/json", "Host": f"rebound.example:{port}"})
+        assert r.status_code == 400 and "answers to" in r.json()["error"], (r.status_code, r.text[:300])
+        assert c.get(server.url + "healthz", headers={"Host": f"localhost:{port}"}).status_code == 200
+
+
 def test_overload_gets_503_with_retry_after_and_loses_no_accepted_request(server):
     n = 48  # the replica holds 2 x 8, the ingress queues 8 more: the rest must be refused, not dropped
 
@@ -294,7 +311,15 @@ def _replica_actors():
             if a["name"].startswith("SERVE_REPLICA::cdx#Model")]
 
 
-def test_replica_killed_mid_load_is_replaced(server, pipe):
+@pytest.fixture
+def private_umask():
+    """This process as a Ray driver writes its logs into the server's Ray folder: owner-only, as the server's."""
+    old = os.umask(0o077)
+    yield
+    os.umask(old)
+
+
+def test_replica_killed_mid_load_is_replaced(server, pipe, private_umask):
     import ray
 
     assert server.gcs.startswith("127.0.0.1:")  # the server's Ray listens on the loopback address only
@@ -336,6 +361,48 @@ def test_replica_killed_mid_load_is_replaced(server, pipe):
     assert r.status_code == 200, r.text[:300]
     assert_same_images(r.json(), reference(pipe, 3))
     ray.shutdown()
+
+
+def _loose_files(root: Path) -> list[str]:
+    """Files (sockets included) under `root` that anyone but their owner may read or write."""
+    loose = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            try:
+                mode = os.lstat(os.path.join(folder, name)).st_mode
+            except FileNotFoundError:  # a log rotated meanwhile
+                continue
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                loose.append(f"{oct(stat.S_IMODE(mode))} {os.path.join(folder, name)}")
+    return loose
+
+
+def test_every_socket_is_on_loopback_and_ray_files_are_private(server):
+    """What listens: every TCP socket of the server's processes (Ray's GCS, raylet, agents, workers, Serve's
+    controller, proxy and replicas), read from /proc, is on 127.0.0.1 or ::1; and what Ray writes (its
+    temp folder, its token) only its owner can read."""
+    server.note_pids()
+    pids = alive(server.pids | with_dir(server.tmp) | {server.proc.pid})
+    sockets = listening_sockets(pids)
+    shown = "\n".join(f"{pid} {addr}:{port} {cmd[:70]}" for pid, cmd, addr, port in sockets)
+    print(f"\nlistening sockets of {len(pids)} processes:\n{shown}")
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    assert any(p == port and a == "127.0.0.1" for _, _, a, p in sockets), f"no HTTP proxy on 127.0.0.1:{port}:\n{shown}"
+    replicas = [s for s in sockets if "ServeReplica" in s[1]]
+    assert {"Ingress", "Model"} <= {d for s in replicas for d in ("Ingress", "Model") if d in s[1]}, \
+        f"no replica's gRPC server among them:\n{shown}"
+    assert any(server.gcs.endswith(f":{p}") for _, _, _, p in sockets), f"no GCS at {server.gcs}:\n{shown}"
+    exposed = [f"{pid} {addr}:{port} {cmd}" for pid, cmd, addr, port in sockets if not is_loopback(addr)]
+    assert not exposed, "listening beyond loopback:\n" + "\n".join(exposed)
+
+    root = Path(server.wait_for(r"files under (\S+) owner-only", 1).group(1))
+    assert root.parent == Path(server.tmp), root
+    st = root.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid(), oct(st.st_mode)
+    assert not (loose := _loose_files(root)), "Ray files open to others:\n" + "\n".join(loose[:20])
+    token = Path(server.wait_for(r"token in (\S+) \(owner-only\)", 1).group(1))
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600, oct(token.stat().st_mode)
+    assert token.parent.stat().st_mode & 0o022 == 0  # nobody else can replace it either
 
 
 def test_ctrl_c_stops_cleanly_and_leaves_no_ray_process(server):

@@ -13,7 +13,10 @@ from .options import backend_option, checkpoint_option
 @backend_option()
 @click.option("--engine-dir", type=click.Path(path_type=Path), default=None, help="Serve a given export/engine folder.")
 @click.option("--device", default=None, help="cpu or cuda (torch and onnxruntime backends).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the HTTP server listens on (0.0.0.0: every one; Ray itself stays on 127.0.0.1). "
+                   "A request's Host header must name it (on loopback: 127.0.0.1, localhost or [::1]; "
+                   "on 0.0.0.0: any name).")
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--replicas", type=int, default=1, show_default=True, help="Model replicas (one per GPU on a cluster).")
 @click.option("--gpus-per-replica", type=float, default=0.0, show_default=True)

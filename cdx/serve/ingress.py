@@ -1,7 +1,8 @@
 """The HTTP front door (FastAPI on Ray Serve): the page at /, /healthz, /v1/model, /v1/generate and the
-page's helpers. It checks every request (limits, then `make_request`, the Python API's own validation)
-before a replica sees it, and answers every failure as JSON {"error": "<one line>"} with a 4xx (the
-request's fault) or a 503 with Retry-After (the server's load or a lost replica), never a traceback.
+page's helpers. It checks every request (the Host header on every route, Content-Type: application/json on
+the POSTs (security.py), limits, then `make_request`, the Python API's own validation) before a replica sees
+it, and answers every failure as JSON {"error": "<one line>"} with a 4xx (the request's fault) or a 503 with
+Retry-After (the server's load or a lost replica), never a traceback.
 
 No `from __future__ import annotations` here: FastAPI reads the route methods' annotations (Request) at import."""
 import asyncio
@@ -22,6 +23,7 @@ from .batching import Job
 from .options import ServeOptions
 from .schema import parse_body, png_base64, request_kwargs
 from .page import examples_payload, label_map_payload, model_payload
+from .security import content_type_error, host_error, loopback_replica_grpc
 
 log = logging.getLogger("cdx.serve")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -87,10 +89,19 @@ class Ingress:
     def __init__(self, model: DeploymentHandle, options: dict):
         from ..api import config_of
 
+        loopback_replica_grpc()  # before Serve starts this replica's gRPC server (after __init__)
         self.model, self.options = model, ServeOptions.from_dict(options)
         self.cfg = config_of(self.options.checkpoint, self.options.engine_dir)  # manifest only, no weights
         self.backend: str | None = None
         self.seconds = 1.0  # a running mean of a request's time at the model: the Retry-After it advises
+
+    def check(self, request: Request, json_body: bool = False) -> None:
+        """The Host header names this server (400), and a body is JSON by its Content-Type (415)."""
+        if (error := host_error(request.headers.get("host"), self.options.allowed_hosts)) is not None:
+            raise HttpError(400, error)
+        if json_body and (error := content_type_error(request.headers.get("content-type"),
+                                                      request.url.path)) is not None:
+            raise HttpError(415, error)
 
     def retry_after(self) -> int:
         return max(1, math.ceil(self.seconds))
@@ -106,24 +117,28 @@ class Ingress:
         return True, f"{running} model replica(s) running"
 
     @app.get("/")
-    async def index(self):
+    async def index(self, request: Request):
+        self.check(request)
         return FileResponse(STATIC / "index.html")
 
     @app.get("/healthz")
-    async def healthz(self):
+    async def healthz(self, request: Request):
+        self.check(request)
         ok, message = await self._model_ready()
         if not ok:
             return error_response(503, message, self.retry_after())
         return {"status": "ok", "detail": message}
 
     @app.get("/v1/model")
-    async def describe(self):
+    async def describe(self, request: Request):
+        self.check(request)
         if self.backend is None:
             self.backend = await self.model.describe.remote()
         return model_payload(self.cfg, self.options, self.backend)
 
     @app.post("/v1/label-map")
     async def label_map(self, request: Request):
+        self.check(request, json_body=True)
         raw = await read_body(request, self.options.max_body_bytes)
         try:
             return await asyncio.to_thread(label_map_payload, raw, self.options)
@@ -131,13 +146,15 @@ class Ingress:
             raise HttpError(400, str(e)) from None
 
     @app.get("/v1/examples")
-    async def examples(self):
+    async def examples(self, request: Request):
+        self.check(request)
         return await asyncio.to_thread(examples_payload)
 
     @app.post("/v1/generate")
     async def generate(self, request: Request):
         from ..sampling.request import make_request
 
+        self.check(request, json_body=True)
         raw = await read_body(request, self.options.max_body_bytes)
         try:
             body = parse_body(raw)

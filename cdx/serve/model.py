@@ -15,6 +15,7 @@ from ray import serve
 
 from .batching import Job, Reply, run_jobs
 from .options import ServeOptions
+from .security import loopback_replica_grpc
 
 log = logging.getLogger("cdx.serve")
 
@@ -24,6 +25,7 @@ class Model:
     def __init__(self, options: dict):
         from ..api import Pipeline
 
+        loopback_replica_grpc()  # before Serve starts this replica's gRPC server (after __init__)
         self.options = o = ServeOptions.from_dict(options)
         self.pipe = Pipeline.load(o.checkpoint, o.backend, o.device, None, o.engine_dir,
                                   progress=lambda msg: log.info("%s", msg))

@@ -28,6 +28,9 @@ class ServeOptions:
     max_mask_side: int = 2048  # pixels, either side of a mask PNG
     max_guidance_sets: int = 4  # distinct guidance settings a replica keeps runners for (each is an export)
     warm: bool = True  # at start-up, a 1-step call of every size a call can have (export on first use, compile)
+    # the names the Host header may carry ("*": any); None: any, except under `cdx serve` (local.start), which
+    # sets the names of its --host (security.served_hosts: the loopback names for 127.0.0.1)
+    allowed_hosts: tuple[str, ...] | None = None
 
     def __post_init__(self):
         ints = {"replicas": (1, 1024), "max_batch": (1, 256), "max_items": (1, 4096), "max_queued": (1, 1 << 20),
@@ -42,6 +45,13 @@ class ServeOptions:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise InputError(f"serve option {name} {v!r}: expected a number in {lo}..{hi}")
+        hosts = self.allowed_hosts
+        if hosts is not None:
+            if isinstance(hosts, str) or not isinstance(hosts, (list, tuple)) or not hosts or not all(
+                    isinstance(h, str) and h.strip() and not any(c.isspace() for c in h) for h in hosts):
+                raise InputError(f"serve option allowed_hosts {hosts!r}: expected a list of host names "
+                                 "(\"*\": any)")
+            object.__setattr__(self, "allowed_hosts", tuple(hosts))
         if self.max_request_batch > self.max_items:
             raise InputError(f"serve option max_request_batch {self.max_request_batch} exceeds max_items "
                              f"{self.max_items}: a request must fit in one call")
