@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# One script for a lent GPU machine: install cdx, run the GPU tests, run the benchmarks, write a summary.
+# One script for a machine with a CUDA GPU: install cdx, run the GPU tests, run the benchmarks, write a summary.
 #
 #   OUT=/some/empty/folder bash benchmarks/device_check.sh
 #
-# Writes at most five files under $OUT (the device tool brings back 8 at most):
+# Writes at most seven files under $OUT (few and small: easy to copy back from a remote machine):
 #   summary.json, summary.md   what ran, how it ended, the environment, the benchmark goal
 #   bench_gpu.json             the results of `cdx bench --variants` (every GPU variant side by side)
 #   bench_kernel.json          benchmarks/bench_kernel.py
+#   bench_fast_ddim50.json, bench_fast_fast.json   50 DDIM steps and the fast recipe (--fast), torch CUDA
 #   device_check.log           every stage's full output
 # Every stage runs under `timeout`, cut to what is left of CHECK_BUDGET_S (default 540 s), so one hang
-# cannot eat the lease. Without a CUDA device it says so, writes a summary saying so, and exits 0.
+# cannot outlast the budget (set it to the time you have on the machine). Without a CUDA device it says so, writes a summary saying so, and exits 0.
 #
 # Environment: OUT (default ./device_check_out), PYTHON (default python3), CHECK_BUDGET_S,
 # BENCH_ARGS (extra `cdx bench --variants` arguments; the last of a repeated option wins),
-# STAGES (default "install pytest bench_kernel bench_gpu": the stages to run, in that order),
+# STAGES (default "install pytest bench_kernel bench_gpu bench_fast": the stages to run, in that order),
 # DEVICE_CHECK_DRY_RUN=1 (run every stage on the CPU with the tiny preset, to test this script; it
 # measures nothing about a GPU).
 set -u
@@ -23,7 +24,7 @@ OUT=${OUT:-$REPO/device_check_out}
 PY=${PYTHON:-$(command -v python3 || command -v python)}
 BUDGET=${CHECK_BUDGET_S:-540}
 DRY=${DEVICE_CHECK_DRY_RUN:-0}
-STAGES=" ${STAGES:-install pytest bench_kernel bench_gpu} "
+STAGES=" ${STAGES:-install pytest bench_kernel bench_gpu bench_fast} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 START=$(date +%s)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/device_check.XXXXXX")
@@ -154,7 +155,7 @@ if "pytest" in summary:
 bmd = out / "bench_gpu.md"
 if bmd.is_file():
     md += ["", bmd.read_text()]
-    bmd.unlink()  # folded in here: the device tool brings back few files
+    bmd.unlink()  # folded in here: fewer files to copy back
 if "commit_results_as" in summary:
     md += ["", f"Commit {out / 'bench_gpu.json'} as `{summary['commit_results_as']}`."]
 (out / "summary.md").write_text("\n".join(md) + "\n")
@@ -212,6 +213,21 @@ else
     stage bench_gpu "$T" "${BENCH[@]}" --budget-s $(( T - 60 )) --variants default --preset official-256 \
       --batch 4,1 --steps 50 --runs 3 ${BENCH_ARGS:-}
   fi
+fi
+
+# The fast recipe (--fast) beside 50 DDIM steps on the torch CUDA path, official-256 batch 4, in one run
+# (each configuration in its own process: `cdx bench --isolate`, the default)
+if want bench_fast; then
+  for cfg in ddim50 fast; do
+    if [ "$cfg" = fast ]; then FLAGS=(--fast); elif [ "$DRY" = "1" ]; then FLAGS=(--steps 4); else FLAGS=(--steps 50); fi
+    if [ "$DRY" = "1" ]; then
+      stage "bench_fast_$cfg" "$(cap 150)" "$PY" -m cdx bench --backends torch --device cpu --preset tiny \
+        --stages end_to_end --batch 1 --runs 1 "${FLAGS[@]}" --json "$OUT/bench_fast_$cfg.json"
+    else
+      stage "bench_fast_$cfg" "$(cap 150)" "$PY" -m cdx bench --backends torch --device cuda \
+        --preset official-256 --stages end_to_end --batch 4 --runs 3 "${FLAGS[@]}" --json "$OUT/bench_fast_$cfg.json"
+    fi
+  done
 fi
 
 FAILED=$(awk '$2 != "0" && $2 != "skipped"' "$WORK/stages.txt" | wc -l)

@@ -10,7 +10,9 @@ artifact raises `cdx.StaleArtifactError`, an unusable backend `cdx.CdxError`.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
+from .validate import check_bool
 from .sampling.request import Request, check_guidance, check_memory, make_request
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -42,7 +45,7 @@ class Output:
 def _dtype(dtype) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise InputError(f"dtype {dtype!r}: choose one of {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
 
@@ -53,8 +56,11 @@ class Pipeline:
 
     def __init__(self, runner, description: str, make: Callable[[Mapping[str, float] | None], tuple]):
         self.runner, self.description = runner, description
-        self._make = make  # guidance -> (runner, description): another runner for other guidance scales
-        self._by_guidance: dict[tuple, tuple] = {}
+        self._make = make  # (guidance, feature cache) -> (runner, description): a runner for other settings
+        self._runners: dict[tuple, tuple] = {}
+        # one Pipeline may be called from several threads: the runners are made under `_lock`, and a runner
+        # that is not safe to share (CUDA graphs and streams, engine contexts, ...) runs one call at a time
+        self._lock, self._serial = threading.Lock(), threading.Lock()
 
     @classmethod
     def load(cls, checkpoint: str | os.PathLike | None = None, backend: str = "auto", device: str | None = None,
@@ -65,12 +71,18 @@ class Pipeline:
         `cdx.backends`). `engine_dir` runs an export or TensorRT engine folder; `guidance`
         {modality: scale} overrides the bundle's classifier-free guidance; `freeu` (b1, b2, s1, s2) or
         "b1,b2,s1,s2" switches FreeU on the collaborators' decoders; `progress` gets one-line notices
-        (first-use export). `options` go to the backend (e.g. streams=4 for the torch CUDA path)."""
+        (first-use export). `options` go to the backend, which declares their names (e.g. streams=4 for the torch
+        CUDA path, threads=2 for openvino): a name it does not take is refused."""
         from .defaults import default_checkpoint
         from .backends.registry import make_runner
 
-        ckpt = Path(checkpoint) if checkpoint is not None else None
-        eng = Path(engine_dir) if engine_dir is not None else None
+        ckpt, eng = _path(checkpoint, "checkpoint"), _path(engine_dir, "engine_dir")
+        if not isinstance(backend, str):
+            raise InputError(f"backend {backend!r}: expected a backend name (a string), e.g. 'auto'")
+        if device is not None and not isinstance(device, (str, torch.device)):
+            raise InputError(f"device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+        if progress is not None and not callable(progress):
+            raise InputError("progress must be callable as progress(message)")
         if ckpt is None and eng is None:
             ckpt = default_checkpoint()
         dt = _dtype(dtype)
@@ -79,9 +91,9 @@ class Pipeline:
         def exporting(network):  # the first-use export names each network as it goes
             progress(f"exporting {network} to ONNX (first use)")
 
-        def make(g):
+        def make(g, feature_cache=None):
             return make_runner(backend, ckpt, eng, device, dt, progress=exporting if progress else None,
-                               guidance=dict(g) if g else None, freeu=fu, **options)
+                               guidance=dict(g) if g else None, freeu=fu, feature_cache=feature_cache, **options)
 
         if guidance is not None:
             guidance = check_guidance(config_of(ckpt, eng), guidance)
@@ -101,17 +113,16 @@ class Pipeline:
     def image_size(self) -> tuple[int, int]:
         return self.cfg.image_size
 
-    def _runner_for(self, guidance):
-        if guidance is None:
-            return self.runner, self.description
+    def _runner_for(self, guidance, feature_cache: int | None = None):
+        """The runner for other guidance scales or with the feature-cache networks (made once, then kept)."""
         own = {m.name: m.guidance for m in self.cfg.modalities}
         wanted = {n: s for n, s in check_guidance(self.cfg, guidance).items() if own[n] != s} if guidance else {}
-        if not wanted:
+        if not wanted and feature_cache is None:
             return self.runner, self.description
-        key = tuple(sorted(wanted.items()))
-        if key not in self._by_guidance:
-            self._by_guidance[key] = self._make({**own, **wanted})
-        return self._by_guidance[key]
+        key = (tuple(sorted(wanted.items())), feature_cache)
+        if key not in self._runners:
+            self._runners[key] = self._make({**own, **wanted}, feature_cache)
+        return self._runners[key]
 
     def __call__(self, text: str | Sequence[str] | None = None, mask: Any = None, seed: int | Sequence[int] = 0,
                  batch: int | None = None, guidance: Mapping[str, float] | None = None,
@@ -126,6 +137,12 @@ class Pipeline:
         `cdx.sampling.settings.Sampling`. `callback(i, total)` after each step; `guidance` {modality: scale}
         for this call (an export is made for new scales on first use); `return_intermediates` adds each
         step's decoded predicted x0."""
+        if conditions is not None and not isinstance(conditions, Mapping):
+            raise InputError(f"conditions: expected a mapping of modality name to value, e.g. {{'sketch': "
+                             f"'sketch.png'}}, got {type(conditions).__name__}")
+        return_influence = bool(check_bool(return_influence, "return_influence"))
+        return_intermediates = bool(check_bool(return_intermediates, "return_intermediates"))
+        cuda_graph = check_bool(cuda_graph, "cuda_graph")
         req = make_request(self.cfg, text=text, mask=mask, conditions=conditions, seed=seed, batch=batch,
                            return_influence=return_influence, return_intermediates=return_intermediates,
                            cuda_graph=cuda_graph, **sampling)
@@ -140,10 +157,12 @@ class Pipeline:
 
         if callback is not None and not callable(callback):
             raise InputError("callback must be callable as callback(step, total)")
-        runner, desc = self._runner_for(guidance)
+        with self._lock:
+            runner, desc = self._runner_for(guidance, request.sampling.feature_cache)
         check_memory(runner.cfg, request, torch.device(runner.device))
         total = request.num_steps
-        result = generate(runner, request, callback=(lambda i: callback(i, total)) if callback else None)
+        with contextlib.nullcontext() if getattr(runner, "thread_safe", False) is True else self._serial:
+            result = generate(runner, request, callback=(lambda i: callback(i, total)) if callback else None)
         influence = None
         if result.loop.influence is not None:  # (N, M, B, 1, h, w) -> (N, M, B, h, w)
             influence = result.loop.influence[:, :, :, 0].float().cpu().numpy()
@@ -173,6 +192,18 @@ def config_of(checkpoint: str | os.PathLike | None = None, engine_dir: str | os.
     if not (folder / "manifest.json").is_file():
         raise StaleArtifactError(f"{folder}: neither an export (manifest.json) nor an engine folder (engines.json)")
     return ModelConfig.from_dict(read_export_manifest(folder, verify_files=False)["config"])
+
+
+def _path(value, what: str) -> Path | None:
+    """A path argument (str or os.PathLike) as a Path; anything else is an InputError."""
+    if value is None:
+        return None
+    if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
+        raise InputError(f"{what} {value!r}: expected a folder path (str or os.PathLike)")
+    try:
+        return Path(value)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{what} {value!r}: not a path ({e})") from None
 
 
 def _freeu(freeu) -> tuple[float, float, float, float] | None:

@@ -11,6 +11,9 @@ from ..errors import CdxError
 def check_built_in(runner, req) -> None:
     """An export or engine folder has its guidance and FreeU built in: refuse a request for others."""
     check_guidance(runner, req.guidance, req.engine_dir)
+    if req.feature_cache is not None and runner.cfg.feature_cache != req.feature_cache:
+        raise CdxError(f"{req.engine_dir} holds no feature-cache networks at branch {req.feature_cache} (its "
+                       f"branch: {runner.cfg.feature_cache}); run from the checkpoint (--checkpoint) or export again")
     if req.freeu is not None and runner.cfg.freeu != req.freeu:
         raise CdxError(f"{req.engine_dir} was exported with FreeU {runner.cfg.freeu or 'off'}, not {req.freeu}; run "
                        "from the checkpoint (--checkpoint) or export again")

@@ -26,6 +26,7 @@ class BackendRequest:
     dtype: torch.dtype | None = None
     guidance: dict[str, float] | None = None
     freeu: tuple[float, float, float, float] | None = None  # FreeU's (b1, b2, s1, s2); None: the model's
+    feature_cache: int | None = None  # the collaborators' cached/shallow networks at this branch (deepcache)
     progress: Callable[[str], None] | None = None
     options: dict = field(default_factory=dict)  # backend-specific, e.g. {"streams": 4}
 
@@ -40,6 +41,7 @@ class Backend:
     # a runner of an in-memory model (an edit's fine-tuned collaborators) from a scratch folder, given the
     # networks whose weights changed; None: the model is exported there and `factory` runs the export
     from_model: Callable[[Any, Path, BackendRequest, Sequence[str]], Runner] | None = None
+    options: tuple[str, ...] = ()  # the names of the backend-specific options its factory takes
 
 
 _REGISTRY: dict[str, Backend] = {}
@@ -96,20 +98,29 @@ def choose_auto(req: BackendRequest) -> tuple[str, str]:
 
 def make_runner(backend: str, checkpoint: Path | None, engine_dir: Path | None = None, device: str | None = None,
                 dtype: torch.dtype | None = None, progress=None, guidance: dict[str, float] | None = None,
-                freeu: tuple | None = None, **options) -> tuple[Runner, str]:
+                freeu: tuple | None = None, feature_cache: int | None = None, **options) -> tuple[Runner, str]:
     """Returns (runner, one-line description of the choice). `guidance` {modality: scale} overrides the
     bundle's classifier-free guidance scales (cdx.models.guidance), `freeu` (b1, b2, s1, s2) switches FreeU on
     the collaborators (cdx.models.freeu)."""
     req = BackendRequest(Path(checkpoint) if checkpoint is not None else None,
                          Path(engine_dir) if engine_dir is not None else None, device, dtype, guidance or None,
-                         tuple(freeu) if freeu else None, progress, options)
+                         tuple(freeu) if freeu else None, feature_cache, progress, options)
     if device is not None:
         from ..devices import check_device
 
         check_device(device)
     b, note = resolve_backend(backend, req)
+    check_options(b, req.options)
     runner = b.factory(req)
     return runner, f"backend: {b.describe(runner)}" + (f"; {note}" if note else "")
+
+
+def check_options(b: Backend, options: dict) -> None:
+    """Refuse an option the backend does not take (InputError naming the ones it does)."""
+    unknown = [k for k in options if k not in b.options]
+    if unknown:
+        takes = f"its options: {', '.join(b.options)}" if b.options else "it takes none"
+        raise InputError(f"backend {b.name}: no option {unknown[0]!r} ({takes})")
 
 
 def runner_of_model(backend: str, model, scratch: Path, changed: Sequence[str],
@@ -118,6 +129,7 @@ def runner_of_model(backend: str, model, scratch: Path, changed: Sequence[str],
     backend's own `from_model`, else an ONNX export of the model in `scratch` run by its factory. `changed`
     names the networks whose weights differ from the bundle's (what an engine backend refits)."""
     b, _ = resolve_backend(backend, req)
+    check_options(b, req.options)
     if b.from_model is not None:
         runner = b.from_model(model, scratch, req, changed)
     else:

@@ -24,6 +24,7 @@ from ..sampling.loop import draw_noise
 from ..sampling.pipeline import generate, loop, loop_inputs
 from ..sampling.request import make_request
 from ..sampling.runner import Runner
+from ..sampling.settings import Sampling
 
 DEFAULT_TEXT = "This person has brown hair."
 
@@ -111,7 +112,7 @@ def timed(fn: Callable[[], object], runner: Runner) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def bench_request(cfg, batch: int, steps: int, mask=None, text: str = DEFAULT_TEXT):
+def bench_request(cfg, batch: int, sampling: Sampling | int, mask=None, text: str = DEFAULT_TEXT):
     """The end-to-end request: every modality of the model conditioned (a random label map where no mask
     is given, so that both collaborators and both diffusers run as in a real request)."""
     if mask is None and any(m.kind == "mask" for m in cfg.modalities):
@@ -119,8 +120,9 @@ def bench_request(cfg, batch: int, steps: int, mask=None, text: str = DEFAULT_TE
     has = {m.kind for m in cfg.modalities}
     if not has <= {"text", "mask"}:
         raise ValueError(f"cdx bench conditions text and mask only, not {', '.join(sorted(has - {'text', 'mask'}))}")
+    sampling = sampling if isinstance(sampling, Sampling) else Sampling(steps=sampling)  # a number: DDIM steps
     return make_request(cfg, text=text if "text" in has else None, mask=mask if "mask" in has else None, seed=0,
-                        steps=steps, batch=batch)
+                        sampling=sampling, batch=batch)
 
 
 def _step_call(runner: Runner, batch: int, g: torch.Generator):
@@ -133,16 +135,19 @@ def _step_call(runner: Runner, batch: int, g: torch.Generator):
     return lambda: loop(runner, li, cuda_graph=False)
 
 
-def bench_runners(runners: dict[str, Runner], preset: str, batch: int, steps: int, runs: int, warmup: int,
-                  stages: tuple[str, ...] = ("networks", "step", "end_to_end"), mask=None,
-                  log: Callable[[str], None] | None = None) -> tuple[list[BenchResult], dict]:
-    """(results, where the time goes per backend) for every runner, stage by stage, round robin."""
+def bench_runners(runners: dict[str, Runner], preset: str, batch: int, sampling: Sampling | int, runs: int,
+                  warmup: int, stages: tuple[str, ...] = ("networks", "step", "end_to_end"), mask=None,
+                  log: Callable[[str], None] | None = None, images: dict | None = None) -> tuple[list, dict]:
+    """(results, where the time goes per backend) for every runner, stage by stage, round robin (`images`, a
+    dict, receives each runner's end-to-end images)."""
+    sampling = sampling if isinstance(sampling, Sampling) else Sampling(steps=sampling)  # a number: DDIM steps
     results: list[BenchResult] = []
     detail: dict[str, dict] = {name: {"threads": getattr(r, "threads", torch.get_num_threads())}
                                for name, r in runners.items()}
 
     def record(name, stage, ms, n):
-        results.append(BenchResult(name, preset, device_name(runners[name]), batch, steps, stage, round(ms, 3), n))
+        results.append(BenchResult(name, preset, device_name(runners[name]), batch, sampling.steps, stage,
+                                   round(ms, 3), n))
         if log:
             log(f"{name:<16} {stage:<26} {ms:10.2f} ms")
 
@@ -164,9 +169,10 @@ def bench_runners(runners: dict[str, Runner], preset: str, batch: int, steps: in
     net_ms: dict[str, dict[str, float]] = {name: {} for name in runners}
     if "end_to_end" in stages:  # first: its first call is the cold start (compiling, cache import)
         req = None
-        calls, breakdown, images = {}, {name: [] for name in runners}, {}
+        calls, breakdown = {}, {name: [] for name in runners}
+        images = {} if images is None else images
         for name, r in runners.items():
-            req = bench_request(r.cfg, batch, steps, mask)
+            req = bench_request(r.cfg, batch, sampling, mask)
 
             def run(r=r, name=name, req=req):
                 out = generate(r, req)
@@ -182,13 +188,7 @@ def bench_runners(runners: dict[str, Runner], preset: str, batch: int, steps: in
                 record(name, key.removesuffix("_ms"), statistics.median(t[key] for t in timings), runs)
             detail[name]["loop_steps"] = n_steps
             detail[name]["end_to_end_ms"] = e2e[name]
-        ref = "torch" if "torch" in images else next(iter(images))
-        for name in runners:  # the same request and seed on every backend: the same image (to rounding)
-            if name != ref:
-                db = psnr(images[name], images[ref])
-                detail[name][f"psnr_vs_{ref}_db"] = round(db, 2) if np.isfinite(db) else "identical"
-                if log:
-                    log(f"{name:<16} image vs {ref}: " + (f"PSNR {db:.2f} dB" if np.isfinite(db) else "identical"))
+        compare_images(images, detail, log)
     if "networks" in stages:
         g = torch.Generator().manual_seed(0)
         for name, r in runners.items():
@@ -211,6 +211,18 @@ def bench_runners(runners: dict[str, Runner], preset: str, batch: int, steps: in
                     detail[name]["networks_in_loop_ms"] = round(per_step * detail[name]["loop_steps"], 3)
                     detail[name]["outside_networks_in_loop_ms"] = round(loop - detail[name]["networks_in_loop_ms"], 3)
     return results, detail
+
+
+def compare_images(images: dict[str, np.ndarray], detail: dict, log=None) -> None:
+    """Each backend's image against torch's (else the first one's): the same request and seed on every backend
+    give the same image, to rounding; the PSNR goes into `detail`."""
+    ref = "torch" if "torch" in images else next(iter(images), None)
+    for name, im in images.items():
+        if name != ref:
+            db = psnr(np.asarray(im), np.asarray(images[ref]))
+            detail[name][f"psnr_vs_{ref}_db"] = round(db, 2) if np.isfinite(db) else "identical"
+            if log:
+                log(f"{name:<16} image vs {ref}: " + (f"PSNR {db:.2f} dB" if np.isfinite(db) else "identical"))
 
 
 def report(results: list[BenchResult], detail: dict | None = None, **extra) -> dict:

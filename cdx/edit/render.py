@@ -46,7 +46,7 @@ def render_edit(model, state, alphas, backend, engine_dir, seed, sampling, want_
     with edited_runner(model, state, backend, engine_dir) as (runner, desc):
         for i, alpha in enumerate(alphas):
             res = loop(runner, loop_inputs(cfg, table, state.names, state.contexts(alpha), noise),
-                       return_influence=want_influence and i == 0, cuda_graph=False)
+                       return_influence=want_influence and i == 0, cuda_graph=False, **sampling.loop_options())
             if i == 0:
                 influence = res.influence
             images.append(decode(runner, res.z0)[1][0])

@@ -99,9 +99,12 @@ def method_named(name: str) -> Method:
 
 def run_method(method: str | Method, runner: Runner, modalities: dict[str, tuple[str, torch.Tensor]],
                x_T: torch.Tensor, noise: torch.Tensor, table: StepTable, cfg: ModelConfig | None = None,
-               return_influence: bool = False) -> tuple[LoopResult, list[str]]:
+               return_influence: bool = False, gate: float = 0.0, cache_interval: int = 1,
+               influence_interval: int = 1) -> tuple[LoopResult, list[str]]:
     """Run one method. ``modalities`` maps a kind ("mask", "text") to (modality name, context) in model order;
-    `cfg` gives the official shaping (None: no shaping; composable never has it)."""
+    `cfg` gives the official shaping (None: no shaping; composable never has it); `gate` > 0 runs
+    `collaborative` with influence gating (the other methods choose their own weights); `cache_interval` > 1
+    runs every method with feature caching (the runner needs the feature-cache networks)."""
     m = method_named(method) if isinstance(method, str) else method
     missing = [k for k in m.kinds if k not in modalities]
     if missing:
@@ -109,4 +112,8 @@ def run_method(method: str | Method, runner: Runner, modalities: dict[str, tuple
     chosen = [v for k, v in modalities.items() if k in m.kinds]
     names, contexts = [n for n, _ in chosen], [c for _, c in chosen]
     li = loop_inputs(cfg if m.name != "composable" else None, table, names, contexts, (x_T, noise))
-    return loop(runner, li, return_influence, weighting=m.make_hook()), names
+    if m.name == "collaborative" and gate > 0:  # the diffusers' shaped weights, gated: the plain step's own
+        return loop(runner, li, return_influence, cuda_graph=False, gate=gate, cache_interval=cache_interval,
+                    influence_interval=influence_interval), names
+    return loop(runner, li, return_influence, weighting=m.make_hook(), cache_interval=cache_interval,
+                influence_interval=influence_interval), names

@@ -27,13 +27,14 @@ def cache_key(digest: str, cfg: ModelConfig, opset: int) -> str:
 
 
 def cached_export(checkpoint: Path, progress=None, guidance: dict[str, float] | None = None,
-                  freeu: tuple | None = None) -> Path:
+                  freeu: tuple | None = None, feature_cache: int | None = None) -> Path:
     """The ONNX export of `checkpoint` in the cache, made on first use (keyed by the verified bundle hash and
     the effective config, which includes the guidance scales that override the bundle's)."""
     from .manifest import read_export_manifest
     from .onnx_export import DEFAULT_OPSET, export_bundle
     digest = verified_bundle_hash(checkpoint)  # every file against bundle.json (hashed once, then by stat)
     cfg = guided_cfg(ModelConfig.from_dict(read_manifest(checkpoint)["config"]), guidance).with_freeu(freeu)
+    cfg = cfg.with_feature_cache(feature_cache)  # the collaborators' cached and shallow graphs too, when asked
     key = cache_key(digest, cfg, DEFAULT_OPSET)
 
     def verify(folder: Path) -> Path:

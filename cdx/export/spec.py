@@ -42,6 +42,15 @@ class NetworkSpec:
         return {t.name: t.dynamic_axes for t in self.inputs + self.outputs if t.dynamic_axes}
 
 
+def cache_dims(cfg: ModelConfig, m) -> tuple[int, int, int]:
+    """(C, h, w) of modality m's feature cache at cfg.feature_cache (C doubled for a guided collaborator,
+    whose cache holds its conditional and null halves)."""
+    from ..models.deepcache import cache_shape
+
+    c, h, w = cache_shape(m.unet, cfg.feature_cache, cfg.latent_size)
+    return (2 * c if m.guidance != 1.0 else c), h, w
+
+
 def network_specs(cfg: ModelConfig) -> dict[str, NetworkSpec]:
     """Every network of the engine for `cfg`, by name, in the order a run uses them."""
     c, (h, w) = cfg.latent_channels, cfg.latent_size
@@ -61,6 +70,13 @@ def network_specs(cfg: ModelConfig) -> dict[str, NetworkSpec]:
         specs[f"{m.name}_diffuser"] = NetworkSpec(
             f"{m.name}_diffuser", f"{m.name}_diffuser", unet_in,
             (TensorSpec("logits", ("batch", 1, h, w), "float32"),), "diffuser", m.name)
+        if cfg.feature_cache is not None:  # the collaborator's cached and shallow calls (cdx.models.deepcache)
+            eps = TensorSpec("eps", latent, "float32")
+            cache = TensorSpec("cache", ("batch", *cache_dims(cfg, m)), "float32")
+            specs[f"{m.name}_unet_full"] = NetworkSpec(f"{m.name}_unet_full", f"{m.name}_unet", unet_in,
+                                                       (eps, cache), "unet", m.name)
+            specs[f"{m.name}_unet_shallow"] = NetworkSpec(f"{m.name}_unet_shallow", f"{m.name}_unet",
+                                                          (*unet_in, cache), (eps,), "unet", m.name)
     image = TensorSpec("image", ("batch", 3, hh, ww), "float32", "image")
     specs["vae_decoder"] = NetworkSpec("vae_decoder", "vae", (TensorSpec("latent", latent, "float32"),), (image,),
                                        "vae_decoder")

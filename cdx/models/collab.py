@@ -43,6 +43,14 @@ class CollaborativeModel(nn.Module):
             return VaeDecoder(self.vae, self.cfg.scale_factor)
         if name == "vae_encoder":
             return VaeEncoder(self.vae, self.cfg.scale_factor)
+        if name.endswith(("_unet_full", "_unet_shallow")):  # feature caching (cdx.models.deepcache)
+            from .deepcache import CachingUNet, ShallowUNet
+
+            base, _, call = name.rpartition("_")
+            if self.cfg.feature_cache is None:
+                raise KeyError(f"no network named {name!r} (feature caching is off in this config)")
+            wrap = CachingUNet if call == "full" else ShallowUNet
+            return wrap(self.module(base), self.cfg.feature_cache)
         mod, _, part = name.rpartition("_")
         table = {"encoder": self.encoders, "unet": self.unets, "diffuser": self.diffusers}.get(part)
         if table is None or mod not in table:

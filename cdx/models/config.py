@@ -53,6 +53,9 @@ class ModelConfig:
     eta: float = 0.0
     # FreeU (b1, b2, s1, s2) on the collaborators' decoders (cdx.models.freeu); None: off, as trained.
     freeu: tuple[float, float, float, float] | None = None
+    # Feature caching (cdx.models.deepcache): the skip branch of the collaborators' cached/shallow networks
+    # ({m}_unet_full, {m}_unet_shallow) that runners and exports of this config hold; None: none.
+    feature_cache: int | None = None
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -102,8 +105,15 @@ class ModelConfig:
         """This config with the official influence shaping switched on or off (None: as it is)."""
         return self if on is None else dataclasses.replace(self, shaping=bool(on))
 
+    def with_feature_cache(self, branch: int | None) -> "ModelConfig":
+        """This config with the feature-cache networks at `branch` (None: without them)."""
+        return dataclasses.replace(self, feature_cache=None if branch is None else int(branch))
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["feature_cache"] is None:  # absent, as before the field existed: bundle and export keys unchanged
+            del d["feature_cache"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":

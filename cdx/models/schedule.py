@@ -61,8 +61,11 @@ class StepTable:
 
     timesteps: np.ndarray  # (N,) int64, sampling order (descending)
     coeffs: np.ndarray  # (N, 6) float32, columns COEFF_NAMES
-    kind: str  # "ddim" or "ddpm"
+    kind: str  # the sampler's name: "ddim", "ddpm", ...
     eta: float
+    # (N, 2) float32 or None: a multistep sampler's weights of the predicted x0 of the two previous steps,
+    # added to the update: x_prev += H1 * x0_{i-1} + H2 * x0_{i-2} (cdx.sampling.samplers)
+    history: np.ndarray | None = None
 
     @property
     def num_steps(self) -> int:

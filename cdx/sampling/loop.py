@@ -14,6 +14,7 @@ import torch
 
 from ..models.config import ModelConfig
 from ..models.schedule import StepTable, cosine_decay
+from .history import History
 from .runner import Runner
 from .step import CollaborativeStep, Weighting
 
@@ -64,6 +65,7 @@ class LoopResult:
     z0: torch.Tensor  # (B, C, h, w) final latent
     influence: torch.Tensor | None  # (N, M, B, 1, h, w) weights per step, when asked
     trace: dict[str, torch.Tensor] | None = None  # per-step eps/x, when asked (tests)
+    skipped: int = 0  # collaborator (UNet) calls influence gating saved
 
 
 def sample(
@@ -78,23 +80,41 @@ def sample(
     trace: bool = False,
     callback: Callable[[int], None] | None = None,
     weighting: Weighting | None = None,
+    gate: float = 0.0,
+    cache_interval: int = 1,
+    influence_interval: int = 1,
 ) -> LoopResult:
     """Algorithm 2: the collaborative step (step.py) at every timestep of the table, on the host's loop.
-    `weighting` replaces the diffusers' weights (the `cdx eval` methods)."""
+    `weighting` replaces the diffusers' weights (the `cdx eval` methods); `gate` > 0 skips a collaborator
+    whose weight is below it everywhere (`CollaborativeStep.gated`); `cache_interval` K > 1 runs the
+    collaborators' full networks every K steps and their shallow paths in between (feature caching; the
+    runner needs the feature-cache networks); `influence_interval` K > 1 runs the dynamic diffusers every K
+    steps and reuses their logits in between."""
     dev = runner.device
-    coeffs = torch.from_numpy(table.coeffs).to(dev)
-    decay = torch.from_numpy(shaping.decay).to(dev) if shaping else None
-    scale = torch.from_numpy(shaping.scale).to(dev) if shaping else None
+    coeffs = torch.tensor(table.coeffs).to(dev)
+    decay = torch.tensor(shaping.decay).to(dev) if shaping else None
+    scale = torch.tensor(shaping.scale).to(dev) if shaping else None
     receiver = shaping.receiver if shaping else -1
-    ts = torch.from_numpy(table.timesteps).to(dev)
+    ts = torch.tensor(table.timesteps).to(dev)
     x = x_T.to(dev)
     noise = noise.to(dev)
     step = CollaborativeStep.plain(runner.run, names, [c.to(dev) for c in contexts], x)
+    step.cache_interval = cache_interval
+    history = History(x) if table.history is not None else None
+    h_weights = torch.tensor(table.history).to(dev) if history is not None else None
     b = x.shape[0]
     influence, records = [], {"eps": [], "x": []}
     for i in range(table.num_steps):
-        out = step(x, ts[i].expand(b), noise[i], coeffs, i, decay, scale, receiver, weighting, return_influence)
-        e, x = out[0], out[1]
+        step.refresh = i % cache_interval == 0
+        step.influence_refresh = i % influence_interval == 0
+        if gate > 0 and weighting is None and len(names) > 1:
+            out = step.gated(x, ts[i].expand(b), noise[i], coeffs, i, decay, scale, receiver, gate, return_influence)
+        else:
+            out = step(x, ts[i].expand(b), noise[i], coeffs, i, decay, scale, receiver, weighting, return_influence)
+        e, x_next = out[0], out[1]
+        if history is not None:  # a multistep sampler's terms on the predicted x0 of earlier steps
+            history.apply(x_next, x, e, coeffs[i], h_weights[i])
+        x = x_next
         if return_influence:
             influence.append(out[2])
         if trace:
@@ -106,4 +126,5 @@ def sample(
         z0=x,
         influence=torch.stack(influence) if return_influence else None,
         trace={k: torch.stack(v) for k, v in records.items()} if trace else None,
+        skipped=step.skipped,
     )

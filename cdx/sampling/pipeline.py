@@ -86,15 +86,19 @@ def prepare(runner: Runner, req: Request, noise: tuple[torch.Tensor, torch.Tenso
 
 def loop(runner: Runner, li: LoopInputs, return_influence: bool = False, trace: bool = False,
          callback: Callable[[int], None] | None = None, weighting: Weighting | None = None,
-         cuda_graph: bool | None = None) -> LoopResult:
+         cuda_graph: bool | None = None, gate: float = 0.0, cache_interval: int = 1,
+         influence_interval: int = 1) -> LoopResult:
     """The collaborative loop over `li`: captured as a CUDA graph where asked (None: on a CUDA runner without
-    a weighting; the plain loop, with a notice, where it cannot be), else the plain loop."""
-    if weighting is None and (cuda_graph or (cuda_graph is None and torch.device(runner.device).type == "cuda")):
+    a weighting, gating or feature caching, whose decisions are the host's; the plain loop, with a notice,
+    where it cannot be), else the plain loop."""
+    host_decides = weighting is not None or gate > 0 or cache_interval > 1 or influence_interval > 1
+    if not host_decides and (cuda_graph or (cuda_graph is None and torch.device(runner.device).type == "cuda")):
         from .graph.capture import sample_graphed
 
         return sample_graphed(runner, *li.args(), return_influence, trace, callback=callback,
                               streams=getattr(runner, "streams", 1))
-    return sample(runner, *li.args(), return_influence, trace, callback=callback, weighting=weighting)
+    return sample(runner, *li.args(), return_influence, trace, callback=callback, weighting=weighting, gate=gate,
+                  cache_interval=cache_interval, influence_interval=influence_interval)
 
 
 def decode(runner: Runner, z0: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
@@ -120,7 +124,8 @@ def generate(runner: Runner, req: Request, callback: Callable[[int], None] | Non
 
     li = prepare(runner, req, noise)
     encode_ms = lap()
-    res = loop(runner, li, req.return_influence, req.return_intermediates, callback, cuda_graph=req.cuda_graph)
+    res = loop(runner, li, req.return_influence, req.return_intermediates, callback, cuda_graph=req.cuda_graph,
+               **req.sampling.loop_options())
     loop_ms = lap()
     image, images = decode(runner, res.z0)
     x0 = predicted_x0(runner, li.table, li.x_T, res.trace) if req.return_intermediates else None

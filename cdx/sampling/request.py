@@ -80,7 +80,7 @@ def check_guidance(cfg: ModelConfig, guidance: Mapping[str, float] | None) -> di
     out = {}
     for name, scale in guidance.items():
         if name not in have:
-            raise InputError(f"guidance: no modality named {name!r}; this model has {', '.join(have)}")
+            raise InputError(f"guidance: no modality named {name}; this model has {', '.join(have)}")
         out[name] = check_float(scale, f"guidance {name}", *GUIDANCE_RANGE)
     return out or None
 

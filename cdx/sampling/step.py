@@ -68,6 +68,13 @@ class CollaborativeStep:
         self.launch, self.names, self.contexts = launch, tuple(names), list(contexts)
         self.eps, self.logits = eps, logits  # (M, B, C, h, w), (M, B, 1, h, w): written by the networks
         self.streams, self.combine, self.pairs = list(streams), combine or collaborate, dict(pairs or {})
+        self.skipped = 0  # collaborator calls influence gating saved (`gated`)
+        # feature caching (cdx.models.deepcache): with an interval K > 1 the collaborators run as
+        # {m}_unet_full (eps and the deep features) when `refresh` is set, else {m}_unet_shallow around them
+        self.cache_interval, self.refresh, self.caches = 1, True, [None] * len(self.names)
+        # influence reuse: the diffusers run only when this is set; otherwise the logits stack keeps the last
+        # maps (their shaping is still this step's)
+        self.influence_refresh = True
 
     @classmethod
     def plain(cls, launch: Launch, names, contexts, x: torch.Tensor, eps_dtype=torch.float32,
@@ -82,8 +89,19 @@ class CollaborativeStep:
         """(run(x, t) -> outputs, the stack slot they go to) per call of this part."""
         if part in self.pairs:
             return [(lambda x, t: self.pairs[part](x, t, self.contexts), dest)]  # one call, the whole stack
+        if part == "unet" and self.cache_interval > 1:
+            return [(lambda x, t, j=j: self._cached_unet(j, x, t), dest[j]) for j in range(len(self.names))]
         return [(lambda x, t, n=n, c=c: self.launch(f"{n}_{part}", {"x": x, "t": t, "context": c})[key], dest[j])
                 for j, (n, c) in enumerate(zip(self.names, self.contexts))]
+
+    def _cached_unet(self, j: int, x, t) -> torch.Tensor:
+        """Collaborator j with feature caching: the full call keeps its deep features, the shallow one uses them."""
+        name, inputs = self.names[j], {"x": x, "t": t, "context": self.contexts[j]}
+        if self.refresh or self.caches[j] is None:
+            out = self.launch(f"{name}_unet_full", inputs)
+            self.caches[j] = out["cache"]
+            return out["eps"]
+        return self.launch(f"{name}_unet_shallow", {**inputs, "cache": self.caches[j]})["eps"]
 
     def _run_all(self, jobs, x, t) -> None:
         if not self.streams:
@@ -104,16 +122,41 @@ class CollaborativeStep:
         self._run_all(self._jobs("unet", "eps", self.eps), x, t)
 
     def diffusers(self, x, t) -> None:
-        """D_m(x, t, c_m) of every modality into the logits stack (nothing to do for one modality)."""
-        if len(self.names) > 1:
+        """D_m(x, t, c_m) of every modality into the logits stack (nothing to do for one modality, nor when the
+        step reuses the last maps: `influence_refresh` unset)."""
+        if len(self.names) > 1 and self.influence_refresh:
             self._run_all(self._jobs("diffuser", "logits", self.logits), x, t)
 
     def networks(self, x, t) -> None:
         """All 2M networks at once (spread over the streams together)."""
         jobs = self._jobs("unet", "eps", self.eps)
-        if len(self.names) > 1:
+        if len(self.names) > 1 and self.influence_refresh:
             jobs += self._jobs("diffuser", "logits", self.logits)
         self._run_all(jobs, x, t)
+
+    def gated(self, x, t, noise_i, coeffs, step, decay, scale, receiver, threshold: float,
+              return_weights: bool = False, out=None):
+        """Influence gating: the diffusers run first; a collaborator whose weight after the step's shaping is
+        below `threshold` at every pixel of every item skips its UNet, and the others' weights are divided by
+        their sum, so they sum to 1 again. The final weights go to the fused op as logits log w, unshaped.
+        The decision is read on the host, so a gated step is not graph-capturable."""
+        i, m = int(step), len(self.names)
+        self.diffusers(x, t)
+        w = combine_weights(self.logits, decay[i] if decay is not None else None, scale, receiver)
+        keep = (w.flatten(1).amax(1) >= threshold).tolist()  # (M,): does m count anywhere?
+        if all(keep) or not any(keep):
+            keep = [True] * m
+        else:
+            w = w * torch.tensor(keep, dtype=w.dtype, device=w.device).view(m, 1, 1, 1, 1)
+            w = w / w.sum(0, keepdim=True)  # (M, B, 1, h, w): the kept weights renormalised
+        jobs = self._jobs("unet", "eps", self.eps)
+        self._run_all([job for job, k in zip(jobs, keep) if k], x, t)
+        for j, k in enumerate(keep):
+            if not k:
+                self.eps[j].zero_()  # weight exactly 0: nothing stale can leak into the mix
+        self.skipped += keep.count(False)
+        logits = w.float().clamp_min(_TINY).log().to(self.eps.dtype).contiguous()
+        return self.combine(self.eps, logits, x, noise_i, coeffs, step, return_weights=return_weights, out=out)
 
     def __call__(self, x, t, noise_i, coeffs, step, decay=None, scale=None, receiver=-1,
                  weighting: Weighting | None = None, return_weights: bool = False, out=None):

@@ -42,15 +42,41 @@ def _auto_why_not_torch(req: BackendRequest) -> str | None:
 
 def torch_factory(req: BackendRequest) -> Runner:
     dev = torch_device(req)
+    options = checked_options(req.options)  # on any device: on a CPU they change nothing, but are checked
     model = load_bundle(req.checkpoint)
-    model.cfg = guided_cfg(model.cfg, req.guidance).with_freeu(req.freeu)
+    model.cfg = guided_cfg(model.cfg, req.guidance).with_freeu(req.freeu).with_feature_cache(req.feature_cache)
     if dev.type == "cuda":  # the fast path: SDPA attention, fused kernel, CUDA graphs, the step on 4 streams
         from .cuda import cuda_runner
 
-        return cuda_runner(model, req.dtype or torch.float16, dev, **req.options)
+        return cuda_runner(model, req.dtype or torch.float16, dev, **options)
     from .eager import TorchRunner
 
     return TorchRunner(model, dev, req.dtype or torch.float32)
+
+
+# The options of the torch backend (CudaTorchRunner's keywords: the CUDA fast path; on a CPU they change nothing)
+OPTIONS = ("streams", "pad_heads", "channels_last", "sdpa", "vae_dtype", "cudnn_benchmark", "fuse_norm_silu",
+           "pair_unets")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def checked_options(options: dict) -> dict:
+    """The torch backend's options, each checked (InputError naming it)."""
+    from ...errors import InputError
+    from ...validate import check_bool, check_int
+
+    out = dict(options)
+    for name, value in options.items():
+        if name == "streams":
+            out[name] = check_int(value, name, 1, 64)
+        elif name == "pad_heads":
+            out[name] = check_int(value, name, 0, 64)
+        elif name == "vae_dtype":
+            if value is not None and not isinstance(value, torch.dtype):
+                raise InputError(f"vae_dtype {value!r}: expected a torch.dtype or None")
+        elif name in OPTIONS:
+            out[name] = check_bool(value, name) is True
+    return out
 
 
 def torch_describe(runner) -> str:
@@ -85,6 +111,10 @@ def _compile_factory(req: BackendRequest):
 
     options = dict(req.options)
     mode = options.pop("compile_mode", None)
+    if mode is not None and mode not in COMPILE_MODES:
+        from ...errors import InputError
+
+        raise InputError(f"compile_mode {mode!r}: choose one of {', '.join(COMPILE_MODES)}")
     base = torch_factory(dataclasses.replace(req, options=options))
     return CompiledRunner(base, mode=mode)
 
@@ -103,6 +133,6 @@ def _from_model(model, scratch, req: BackendRequest, changed) -> Runner:
 
 
 register_backend(Backend("torch", torch_why_not, torch_factory, torch_describe, _auto_why_not_torch,
-                         from_model=_from_model))
+                         from_model=_from_model, options=OPTIONS))
 register_backend(Backend("torch-compile", _compile_why_not, _compile_factory, _compile_describe,
-                         _compile_auto_why_not))
+                         _compile_auto_why_not, options=("compile_mode", *OPTIONS)))

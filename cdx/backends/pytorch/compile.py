@@ -18,7 +18,7 @@ import sys
 import torch
 
 from ...defaults import cache_dir
-from .eager import TorchRunner
+from .eager import TorchRunner, named_outputs
 
 CPU_MODE, CUDA_MODE = "default", "max-autotune-no-cudagraphs"
 
@@ -71,7 +71,7 @@ class CompiledRunner:
     def enqueue(self, network: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Launch the compiled network on the current stream (CUDA-graph capture); outputs in its dtype."""
         with torch.inference_mode():
-            return {self.specs[network].outputs[0].name: self.module(network)(*self._args(network, inputs))}
+            return named_outputs(self.specs[network], self.module(network)(*self._args(network, inputs)))
 
     def run(self, network: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.float().contiguous() for k, v in self.enqueue(network, inputs).items()}

@@ -47,8 +47,8 @@ class TorchRunner:
         for t in spec.inputs:
             v = inputs[t.name].to(self.device)
             args.append(v.to(dt) if v.is_floating_point() else v)
-        out = self._module(network)(*args)
-        return {spec.outputs[0].name: out.float() if out.dtype != torch.float32 else out}
+        outs = named_outputs(spec, self._module(network)(*args))
+        return {k: v.float() if v.dtype != torch.float32 else v for k, v in outs.items()}
 
     @torch.inference_mode()
     def enqueue(self, network: str, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -57,4 +57,10 @@ class TorchRunner:
         spec = self.specs[network]
         dt = self.net_dtype(network)
         args = [v.to(dt) if v.is_floating_point() else v for v in (inputs[t.name] for t in spec.inputs)]
-        return {spec.outputs[0].name: self.model.module(network)(*args)}
+        return named_outputs(spec, self.model.module(network)(*args))
+
+
+def named_outputs(spec, out) -> dict[str, torch.Tensor]:
+    """A module's output (a tensor, or a tuple for a network with several outputs) by the spec's names."""
+    outs = out if isinstance(out, tuple) else (out,)
+    return {t.name: o for t, o in zip(spec.outputs, outs)}

@@ -28,6 +28,7 @@ from ..runner import Runner
 from ..loop import LoopResult, Shaping, sample
 from ...models.schedule import StepTable
 from .plan import LoopPlan, _Buffers, pack_tables, plan_loop
+from ..history import History
 from ..step import CollaborativeStep
 
 MODES = ("step", "loop", "eager")
@@ -119,6 +120,7 @@ class GraphedLoop:
             step_on_device = combine is None and select_kernel(self.device) != "torch"
         self.step_on_device = step_on_device
         self.buf = _Buffers(plan, self.device)
+        self.history = History(self.buf.x) if self.buf.history is not None else None
         streams = [torch.cuda.Stream(self.device) for _ in range(streams)] if streams > 1 and \
             self.device.type == "cuda" else []
         pairs = runner.pair_calls(plan.names) if hasattr(runner, "pair_calls") else {}
@@ -145,8 +147,14 @@ class GraphedLoop:
                 torch.index_select(b.decay, 0, b.step, out=b.decay_row)
             coeffs, decay, step = b.coeffs_row, b.decay_row if b.decay is not None else None, 0
         out = (b.eps_out, b.x, b.w) if p.influence else (b.eps_out, b.x)
+        if self.history is not None:
+            b.x_in.copy_(b.x)  # the kernel updates x in place; the history terms need it as it was
         self._step(b.x, b.t.expand(p.batch), b.noise_i[0], coeffs, step, decay, b.scale, p.receiver,
                    return_weights=p.influence, out=out)
+        if self.history is not None:
+            torch.index_select(b.coeffs, 0, b.step, out=b.coeffs_row)
+            torch.index_select(b.history, 0, b.step, out=b.history_row)
+            self.history.apply(b.x, b.x_in, b.eps_out, b.coeffs_row[0], b.history_row[0])
         if p.influence:
             b.influence.index_copy_(0, b.step, b.w.unsqueeze(0))
         if p.trace:
@@ -172,6 +180,8 @@ class GraphedLoop:
         b.timesteps.copy_(torch.from_numpy(np.ascontiguousarray(table.timesteps, dtype=np.int64)), non_blocking=True)
         b.x.copy_(x_T, non_blocking=True)
         b.noise.copy_(noise, non_blocking=True)
+        if self.history is not None:
+            self.history.x0.zero_()
         for dst, src in zip(b.contexts, contexts):
             dst.copy_(src, non_blocking=True)
         b.step.zero_()
@@ -190,6 +200,8 @@ class GraphedLoop:
         main.wait_stream(side)
         b.x.copy_(x_loaded)  # undo the warm-up step
         b.step.zero_()
+        if self.history is not None:
+            self.history.x0.zero_()
         # a runner may capture through its own API (TensorRT: cuda-python); else torch's CUDA graph
         self.graph = getattr(self.runner, "capture", capture)(self._body, self.device)
 

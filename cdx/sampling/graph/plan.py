@@ -27,26 +27,32 @@ class TableLayout:
     decay: int | None  # (N, M) official shaping decay, or None
     scale: int | None  # (M,) official shaping scale, or None
     size: int
+    history: int | None = None  # (N, 2) a multistep sampler's weights of earlier steps' x0, or None
 
 
 def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def table_layout(steps: int, m: int, shaped: bool) -> TableLayout:
-    """coeffs, then decay and scale when shaped, each padded to ALIGN floats."""
+def table_layout(steps: int, m: int, shaped: bool, multistep: bool = False) -> TableLayout:
+    """coeffs, then decay and scale when shaped, then the history weights of a multistep sampler, each
+    padded to ALIGN floats."""
     off = _aligned(steps * 6)
-    decay = scale = None
+    decay = scale = history = None
     if shaped:
         decay, off = off, off + _aligned(steps * m)
         scale, off = off, off + _aligned(m)
-    return TableLayout(steps, m, 0, decay, scale, off)
+    if multistep:
+        history, off = off, off + _aligned(steps * 2)
+    return TableLayout(steps, m, 0, decay, scale, off, history)
 
 
 def pack_tables(table: StepTable, shaping: Shaping | None, m: int) -> tuple[np.ndarray, TableLayout]:
     """All per-step float scalars of a request in one (size,) float32 array, and its layout."""
-    layout = table_layout(table.num_steps, m, shaping is not None)
+    layout = table_layout(table.num_steps, m, shaping is not None, table.history is not None)
     packed = np.zeros(layout.size, dtype=np.float32)
+    if table.history is not None:
+        packed[layout.history:layout.history + table.history.size] = np.asarray(table.history, np.float32).reshape(-1)
     packed[:table.coeffs.size] = np.asarray(table.coeffs, np.float32).reshape(-1)
     if shaping is not None:
         if shaping.decay.shape != (table.num_steps, m) or shaping.scale.shape != (m,):
@@ -64,6 +70,13 @@ def table_views(packed: torch.Tensor, layout: TableLayout):
     decay = packed[layout.decay:layout.decay + n * m].view(n, m) if layout.decay is not None else None
     scale = packed[layout.scale:layout.scale + m] if layout.scale is not None else None
     return coeffs, decay, scale
+
+
+def history_view(packed: torch.Tensor, layout: TableLayout) -> torch.Tensor | None:
+    """The (N, 2) history weights of a multistep sampler in the packed buffer, or None."""
+    if layout.history is None:
+        return None
+    return packed[layout.history:layout.history + layout.steps * 2].view(layout.steps, 2)
 
 
 # ----------------------------------------------------------------------------- buffer plan
@@ -114,6 +127,9 @@ class LoopPlan:
         if self.influence:
             bufs["w"] = ((m, b, 1, h, w), f32)
             bufs["influence"] = ((n, m, b, 1, h, w), f32)
+        if self.layout.history is not None:  # a multistep sampler: the state before the step, its row
+            bufs["x_in"] = ((b, c, h, w), f32)
+            bufs["history_row"] = ((1, 2), f32)
         if self.trace:
             bufs["trace_eps"] = ((n, b, c, h, w), self.eps_dtype)
             bufs["trace_x"] = ((n, b, c, h, w), f32)
@@ -143,7 +159,7 @@ def plan_loop(runner: Runner, names: Sequence[str], contexts: Sequence[torch.Ten
     for name, c in zip(names, contexts):
         if c.dim() != 3 or c.shape[0] != b:
             raise ValueError(f"context of {name!r} must be (B={b}, L, D), got {tuple(c.shape)}")
-    layout = table_layout(n, m, shaping is not None)
+    layout = table_layout(n, m, shaping is not None, table.history is not None)
     return LoopPlan(
         names=tuple(names), batch=b, latent=tuple(int(s) for s in x_T.shape[1:]),
         eps_dtype=_out_dtype(runner, f"{names[0]}_unet"),
@@ -160,5 +176,6 @@ class _Buffers:
         for name, (shape, dtype) in plan.buffers().items():
             setattr(self, name, torch.zeros(shape, dtype=dtype, device=device))  # logits stay 0 when M == 1
         self.coeffs, self.decay, self.scale = table_views(self.tables, plan.layout)
+        self.history = history_view(self.tables, plan.layout)
         self.step0 = self.step.view(())  # the 0-d step the kernels read on the device
         self.contexts = [getattr(self, f"context{j}") for j in range(len(plan.contexts))]
