@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -64,6 +65,26 @@ def with_dir(path: str) -> set[int]:
     return out
 
 
+def with_env(text: str) -> set[int]:
+    """Processes whose environment names `text` (RAY_TMPDIR=<the test's folder>): Ray's agents rename their
+    command line (ray::DashboardAgent) but keep the environment they inherited from the server."""
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if text.encode() in (d / "environ").read_bytes():
+                    out.add(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+def ray_left(server: "Server") -> set[int]:
+    """Live processes this server started (noted in its tree, or naming its temp folder in their command line
+    or environment)."""
+    return alive(server.pids | with_dir(server.tmp) | with_env(server.tmp)) - {os.getpid()}
+
+
 def _proc_addr(hex_addr: str) -> tuple[str, int]:
     """'0100007F:1F90' (/proc/net/tcp) or its 32-hex-digit tcp6 form -> ('127.0.0.1', 8080)."""
     host, port = hex_addr.split(":")
@@ -119,15 +140,17 @@ def is_loopback(addr: str) -> bool:
 class Server:
     """A `cdx serve` process and what the tests learn about it."""
 
-    def __init__(self, port: int, args: list[str]):
+    def __init__(self, port: int, args: list[str], preexec_fn=None):
         self.tmp = tempfile.mkdtemp(prefix="cdxray-", dir="/tmp")  # short: Ray's socket paths must fit
         env = dict(os.environ, RAY_TMPDIR=self.tmp, RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
         self.url = f"http://127.0.0.1:{port}/"
         self.proc = subprocess.Popen([sys.executable, "-m", "cdx", "serve", "--port", str(port), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                     preexec_fn=preexec_fn)
         self.lines: list[str] = []
         self.pids: set[int] = set()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self):
         for line in self.proc.stdout:
@@ -147,5 +170,22 @@ class Server:
             time.sleep(0.5)
         pytest.fail(f"cdx serve printed no {pattern!r} in {timeout:.0f} s:\n{self.log()}")
 
+    def wait(self, timeout: float) -> int:
+        """Its exit status, once it has exited and every line it printed is in `lines`."""
+        code = self.proc.wait(timeout)
+        self.reader.join(10)
+        return code
+
     def note_pids(self):
         self.pids |= descendants(self.proc.pid)
+
+    def stop(self, sig=signal.SIGINT, timeout: float = 120) -> None:
+        """Stop it if it runs (KILL after `timeout`), then KILL whatever it left (only what it started)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for p in ray_left(self):
+            os.kill(p, signal.SIGKILL)

@@ -1,6 +1,8 @@
 """`cdx serve` end to end: a real `cdx serve` process (its own local Ray instance, loopback only, private
 temp folder), a real HTTP client, the Python API as the reference, a replica killed with ray.kill, the page
-in a real headless Chromium, and Ctrl-C leaving no Ray process behind. Small steps keep it to minutes.
+in a real headless Chromium, a quiet log with its ready line, bad options refused before Ray starts, and
+SIGTERM (and SIGINT, started with SIGINT ignored) draining the requests in flight and leaving no Ray process
+behind. Small steps keep it to minutes.
 
 Skipped (saying why) without the serve extra or Chromium, except where CDX_REQUIRE_SERVE=1 (.ci/run's full
 suite, which installs both), where they fail instead."""
@@ -10,9 +12,11 @@ import base64
 import concurrent.futures as cf
 import importlib.util
 import os
+import re
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +25,7 @@ import numpy as np
 import pytest
 
 from golden import REPO_ROOT
-from serve_process import Server, alive, free_port, is_loopback, listening_sockets, with_dir
+from serve_process import Server, alive, free_port, is_loopback, listening_sockets, ray_left, with_dir
 
 pytestmark = pytest.mark.serve
 REQUIRED = os.environ.get("CDX_REQUIRE_SERVE") == "1"
@@ -59,21 +63,14 @@ def server(pipe):
                                 "--max-queued", "8", "--max-steps", "20"])
     try:
         srv.gcs = srv.wait_for(r"ray: started a local instance at (\S+)", 120).group(1)
-        srv.wait_for(r"serving http://", 420)
+        srv.wait_for(r"cdx serve: ready at http://", 420)
         srv.note_pids()
         yield srv
     finally:
         import ray
 
         ray.shutdown()  # the kill test's driver connection, if any
-        if srv.proc.poll() is None:
-            srv.proc.send_signal(signal.SIGINT)
-            try:
-                srv.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                srv.proc.kill()
-        for p in alive(srv.pids | with_dir(srv.tmp)):  # only what this server started
-            os.kill(p, signal.SIGKILL)
+        srv.stop(signal.SIGINT, 90)  # and KILL what it left: only what this server started
 
 
 def b64(path: Path) -> str:
@@ -117,7 +114,46 @@ def test_healthz_and_model(server, pipe):
     assert [x["name"] for x in m["modalities"]] == pipe.modalities
     assert m["image_size"] == list(pipe.image_size) and len(m["classes"]) == 19
     assert BACKEND in m["backend"] and m["limits"]["max_steps"] == 20
-    assert any("first start exports" in line for line in server.lines)  # warmed before it said 'serving'
+    inputs = {x["kind"]: x["input"] for x in m["modalities"]}  # the HTTP API's words, not the Python API's
+    assert "base64 PNG label map" in inputs["mask"] and "path" not in inputs["mask"], inputs
+    assert "JSON string" in inputs["text"] and m["limits"]["max_text_chars"] == 4096
+    assert any("first start exports" in line for line in server.lines)
+
+
+# what `cdx serve` prints of its own (quiet: no Ray output, one line per event)
+OWN_LINES = re.compile(r"^(ray: (started a local instance at|token in) |deploying \d+ model replica|cdx serve: )")
+
+
+def test_ready_line_and_a_quiet_log(server):
+    port = server.url.rstrip("/").rsplit(":", 1)[1]
+    ready = [line for line in server.lines if line.startswith("cdx serve: ready at ")]
+    assert ready == [f"cdx serve: ready at http://127.0.0.1:{port}/"], server.log()
+    with httpx.Client(timeout=TIMEOUT) as c:
+        assert c.get(server.url + "healthz").status_code == 200
+    noise = [line for line in server.lines if not OWN_LINES.match(line) or "\x1b[" in line]
+    assert not noise, "lines that are not cdx serve's own:\n" + "\n".join(noise[:20])
+
+
+def test_megabyte_captions_are_refused_without_stalling_the_server(server):
+    """Four 4 MB captions at once: each a one-line 400 (over max_text_chars) and /healthz answers meanwhile
+    (the whole caption was tokenized before, and /healthz waited 40 s)."""
+    caption = "This woman has long blond hair and she is smiling. " * 78_000  # 3.98 MB, under the body limit
+
+    def one(_):
+        with httpx.Client(timeout=TIMEOUT) as c:
+            return c.post(server.url + "v1/generate", json={"text": caption, "steps": 2})
+
+    with cf.ThreadPoolExecutor(4) as ex:
+        futures = [ex.submit(one, i) for i in range(4)]
+        time.sleep(0.2)
+        started = time.monotonic()
+        with httpx.Client(timeout=TIMEOUT) as c:
+            assert c.get(server.url + "healthz").status_code == 200
+        health_s = time.monotonic() - started
+        replies = [f.result() for f in futures]
+    for r in replies:
+        assert r.status_code == 400 and "4096" in r.json()["error"], (r.status_code, r.text[:300])
+    assert health_s < 10, f"/healthz took {health_s:.1f} s while the captions were refused"
 
 
 def test_32_requests_from_8_clients_match_the_python_api(server, pipe):
@@ -405,13 +441,169 @@ def test_every_socket_is_on_loopback_and_ray_files_are_private(server):
     assert token.parent.stat().st_mode & 0o022 == 0  # nobody else can replace it either
 
 
-def test_ctrl_c_stops_cleanly_and_leaves_no_ray_process(server):
-    server.note_pids()
-    assert len(alive(server.pids)) >= 4  # GCS, raylet, controller, proxy, replicas...
-    server.proc.send_signal(signal.SIGINT)
-    assert server.proc.wait(120) == 0, server.log()
-    assert any("stopped" in line for line in server.lines)
+def _clients(url: str, n: int, stop: threading.Event) -> tuple[list, list[threading.Thread]]:
+    """n clients, each sending its next generate request as soon as the last one is answered, until `stop`;
+    every outcome lands in the list: (client, seed, response or exception, when it came back)."""
+    outcomes: list = []
+
+    def client(i):
+        k = 0
+        with httpx.Client(timeout=TIMEOUT) as c:
+            while not stop.is_set():
+                seed = 100 * i + 2 * k
+                try:
+                    r = post(c, url, {"text": CAPTIONS[i % 4], "seed": seed, "steps": 20, "batch": 2})
+                except httpx.HTTPError as e:  # a dropped connection: what the drain must not do
+                    r = e
+                outcomes.append((i, seed, r, time.monotonic()))
+                if not isinstance(r, httpx.Response) or r.status_code != 200:
+                    return
+                k += 1
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    return outcomes, threads
+
+
+def _stop_and_check_the_drain(srv: Server, sig: int, n: int = 4):
+    """Clients keep requests in flight, then `sig`: every request the ingress had taken is answered with its
+    images (one that reached it after the signal gets 503), a request sent after the signal gets 503, the
+    server exits 0 and no process of its Ray is left."""
+    srv.note_pids()
+    assert len(alive(srv.pids)) >= 4  # GCS, raylet, controller, proxy, replicas...
+    stop = threading.Event()
+    outcomes, threads = _clients(srv.url, n, stop)
+    deadline = time.monotonic() + 120
+    while sum(isinstance(r, httpx.Response) for _, _, r, _ in outcomes) < n and time.monotonic() < deadline:
+        time.sleep(0.2)  # every client had a reply: each has its next request in flight now
+    signalled = time.monotonic()
+    srv.proc.send_signal(sig)
+    stop.set()
+    taken = int(srv.wait_for(r"new requests get 503, (\d+) in flight", 60).group(1))
+    with httpx.Client(timeout=TIMEOUT) as c:
+        try:
+            late = post(c, srv.url, {"text": "a face", "steps": 2})
+            assert late.status_code == 503 and late.headers["Retry-After"], (late.status_code, late.text[:300])
+            assert "shutting down" in late.json()["error"]
+        except httpx.ConnectError:
+            pass  # every request in flight was answered already and the proxy is gone: nothing to refuse
+    assert srv.wait(180) == 0, srv.log()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    answered = 0
+    for i, seed, r, when in outcomes:
+        assert isinstance(r, httpx.Response), (i, seed, r)  # no connection dropped
+        if r.status_code == 503:  # it reached the ingress after the gate closed: refused, not dropped
+            assert "shutting down" in r.json()["error"], r.text[:300]
+            continue
+        assert r.status_code == 200, (i, r.status_code, r.text[:300])
+        assert r.json()["seeds"] == [seed, seed + 1] and len(r.json()["images"]) == 2
+        answered += when > signalled
+    assert answered >= taken >= 1, (taken, answered, [(i, r.status_code) for i, _, r, _ in outcomes])
+    assert srv.lines[-1] == "cdx serve: stopped", srv.log()
+    assert not any("SIGTERM received" in line or "Traceback" in line for line in srv.lines), srv.log()
     deadline = time.monotonic() + 30
-    while (left := alive(server.pids | with_dir(server.tmp))) and time.monotonic() < deadline:
+    while (left := ray_left(srv)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not left, f"Ray processes left behind: {sorted(left)}"
+    assert not left, f"processes left behind: {[(p, _cmdline(p)) for p in sorted(left)]}"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:100]
+    except OSError:
+        return "?"
+
+
+def test_sigterm_drains_the_requests_in_flight_and_leaves_no_ray_process(server):
+    _stop_and_check_the_drain(server, signal.SIGTERM)
+
+
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `cdx serve &` in a non-interactive shell starts
+
+
+def test_sigint_drains_when_started_with_sigint_ignored(pipe):
+    srv = Server(free_port(), ["--backend", BACKEND, "--max-batch", "4", "--max-steps", "20"],
+                 preexec_fn=_ignore_sigint)
+    try:
+        srv.wait_for(r"cdx serve: ready at http://", 420)
+        _stop_and_check_the_drain(srv, signal.SIGINT)
+    finally:
+        srv.stop(signal.SIGKILL, 10)
+
+
+def _run_serve(args: list[str], tmp: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, RAY_TMPDIR=str(tmp), RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "cdx", "serve", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def busy_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+BAD_OPTIONS = {  # name -> (arguments, words the one line names)
+    "port 0": (["--port", "0"], "--port 0"),
+    "port 70000": (["--port", "70000"], "--port 70000"),
+    "port in use": (["--port", "{busy}"], "in use"),
+    "host not of this machine": (["--host", "192.0.2.7"], "not an address of this machine"),
+    "checkpoint missing": (["--checkpoint", "/nonexistent"], "/nonexistent"),
+    "address malformed": (["--address", "nowhere"], "HOST:PORT"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_OPTIONS))
+def test_bad_option_is_one_line_before_ray_starts(name, busy_port, tmp_path):
+    args, words = BAD_OPTIONS[name]
+    args = [a.format(busy=busy_port) for a in args]
+    if "--port" not in args:
+        args += ["--port", str(free_port())]
+    r = _run_serve(args, tmp_path)
+    out = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2 and len(out) == 1 and out[0].startswith("error: ") and words in out[0], (r.returncode,
+                                                                                                     out)
+    assert not list(tmp_path.iterdir()), "a Ray instance was started (its temp folder exists)"
+    assert not with_dir(str(tmp_path)), "a process of a Ray instance is running"
+
+
+def test_address_with_nothing_there_gives_up_in_one_line(tmp_path):
+    started = time.monotonic()
+    r = _run_serve(["--address", "127.0.0.1:1", "--port", str(free_port())], tmp_path)
+    took = time.monotonic() - started
+    out = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2 and len(out) == 1 and "--address 127.0.0.1:1" in out[0] and "answers" in out[0], out
+    assert took < 60, f"{took:.0f} s"
+
+
+def test_a_start_that_fails_after_ray_started_is_one_line(tmp_path):
+    """A bundle whose manifest reads (so the options pass) but whose weights are missing: the replicas fail
+    in Ray; the command says why in one line, exits 2 and leaves no Ray process."""
+    import shutil
+
+    from cdx.defaults import default_checkpoint
+
+    half = tmp_path / "half"
+    half.mkdir()
+    shutil.copy(default_checkpoint() / "bundle.json", half)
+    srv = Server(free_port(), ["--checkpoint", str(half), "--backend", BACKEND])
+    try:
+        assert srv.wait(300) == 2, srv.log()
+        errors = [line for line in srv.lines if line.startswith("error: ")]
+        assert len(errors) == 1 and "the app did not start" in errors[0] and "safetensors" in errors[0], srv.log()
+        assert srv.lines[-1] == errors[0] and not any("Traceback" in line for line in srv.lines), srv.log()
+        assert all(OWN_LINES.match(line) for line in srv.lines[:-1]), srv.log()
+        deadline = time.monotonic() + 30
+        while (left := ray_left(srv)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left, f"processes left behind: {[(p, _cmdline(p)) for p in sorted(left)]}"
+    finally:
+        srv.stop(signal.SIGKILL, 10)

@@ -208,6 +208,7 @@ def ingress(cfg, monkeypatch):
     from fastapi.testclient import TestClient
 
     from cdx.serve.batching import Reply
+    from cdx.serve.drain import Gate
     from cdx.serve.ingress import Ingress, app
     from cdx.serve.security import served_hosts
 
@@ -216,10 +217,15 @@ def ingress(cfg, monkeypatch):
         assert cls.__module__ == "cdx.serve.ingress" and hasattr(cls, "check")
         obj = object.__new__(cls)
         obj.options = ServeOptions(allowed_hosts=served_hosts(host))
-        obj.cfg, obj.backend, obj.seconds = cfg, "fake", 1.0
+        obj.cfg, obj.backend, obj.seconds, obj.gate = cfg, "fake", 1.0, Gate()
         reply = Reply(arrays=np.zeros((1, 8, 8, 3), np.uint8), seeds=[0], modalities=["text"],
                       timesteps=np.arange(2), backend="fake", call_items=1)
         obj.model = SimpleNamespace(generate=_FakeMethod(reply), describe=_FakeMethod("fake"))
+
+        async def model_ready():  # never serve.status(): outside a replica it would start a Ray instance
+            return True, "1 model replica(s) running (stand-in)"
+
+        obj._model_ready = model_ready
         monkeypatch.setattr(ray.serve, "get_replica_context", lambda: SimpleNamespace(servable_object=obj))
         return obj, TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False)
 
@@ -289,3 +295,270 @@ def test_ray_token_and_temp_folder_are_made_private(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     root = private_temp_dir()
     assert root.parent == tmp_path and root.stat().st_mode & 0o777 == 0o700
+
+
+def test_model_describes_the_http_inputs_and_caption_limit(ingress):
+    obj, client = ingress()
+    m = client.get("/v1/model").json()
+    inputs = {x["kind"]: x["input"] for x in m["modalities"]}
+    assert "base64 PNG label map" in inputs["mask"] and "path" not in inputs["mask"] and "PIL" not in inputs["mask"]
+    assert "JSON string" in inputs["text"] and m["limits"]["max_text_chars"] == obj.options.max_text_chars
+
+
+def test_statuses_match_the_docs(ingress):
+    """docs/serving.md's table: not JSON and the body's shape are 422, a bad value 400, a caption over
+    max_text_chars 400."""
+    obj, client = ingress()
+    for raw in (b"{'text': 1", b"[]", b'{"text": "a", "x": 1}'):
+        _one_line_error(client.post("/v1/generate", content=raw, headers={"Content-Type": "application/json"}), 422)
+    long = {"text": "a " * (obj.options.max_text_chars // 2 + 1)}
+    assert "characters" in _one_line_error(client.post("/v1/generate", json=long), 400)
+    assert obj.model.generate.calls == 0
+
+
+# --- the caption bound (cdx/models/tokenizer.py): only what the encoding keeps is tokenized -------------
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from cdx.models.tokenizer import Tokenizer
+
+    return Tokenizer()
+
+
+def _whole(tok, text: str):
+    """The ids and truncation flag of tokenizing all of `text` (what encode did before the bound)."""
+    e = tok._tok.encode(text.lower(), add_special_tokens=True)
+    return np.asarray(e.ids, np.int64), len(e.overflowing) > 0
+
+
+def test_caption_ids_are_those_of_the_whole_caption(tokenizer):
+    import random
+
+    rng = random.Random(0)
+    pieces = ["hair", "blond", "ΑΣ", "ΑΣ.Α", "naïve", "Ünïcödé", "中文字", "x" * 150, "...", ",", "'",
+              "don't",
+              "İstanbul", "\x1c", "\t", "\n", "  ", "a.b.c", "ﬁ", "Straße", "中\u0301", "\u0301"]
+    captions = ["This woman has long blond hair.", "", "She is smiling and wears eyeglasses " * 3]
+    for k in (10, 100, 1000, 3000, 9000) * 8:
+        captions.append("".join(rng.choice(pieces) + rng.choice([" ", "", ".", "-", "中"]) for _ in range(k)))
+    captions += [" " * 10_000 + "a b c", "a" + " " * 6000 + "b " * 200]
+    for text in captions:
+        ids, truncated = tokenizer.encode([text])
+        want, want_truncated = _whole(tokenizer, text)
+        np.testing.assert_array_equal(ids[0], want, err_msg=repr(text[:60]))
+        assert truncated == [want_truncated]
+        words = tokenizer.words(text)  # a start of the whole caption's words, all of the kept ones among them
+        whole = tokenizer._tok.pre_tokenizer.pre_tokenize_str(tokenizer._tok.normalizer.normalize_str(text.lower()))
+        assert words == [w for w, _ in whole][:len(words)]
+    assert tokenizer.used_part("this woman has blond hair.") == "this woman has blond hair."
+
+
+def test_a_4_mb_caption_tokenizes_fast(tokenizer):
+    import time
+
+    for caption in ("This woman has long blond hair and she is smiling. " * 80_000, "a," * 2_000_000,
+                    "中" * 4_000_000):
+        started = time.perf_counter()
+        ids, truncated = tokenizer.encode([caption])
+        words = tokenizer.words(caption)
+        took = time.perf_counter() - started
+        assert took < 1.0, f"{took:.2f} s for {len(caption)} characters"  # the whole: 6-25 s
+        assert truncated == [True] and ids[0, -1] == 102 and len(words) < 20_000
+        np.testing.assert_array_equal(ids[0], _whole(tokenizer, caption[:20_000])[0])
+
+
+# --- cdx serve's life (preflight.py, drain.py, lifecycle.py, logs.py) without Ray --------------------------
+
+def test_preflight_refuses_bad_options_in_one_line():
+    import socket
+    import time
+
+    from cdx.errors import CdxError
+    from cdx.serve.options import ServeOptions
+    from cdx.serve.preflight import check_model, check_port, check_port_free, cluster_endpoint, wait_for_cluster
+
+    for port in (0, 70000, -1, True):
+        with pytest.raises(InputError, match="--port"):
+            check_port(port)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(InputError, match="in use"):
+            check_port_free("127.0.0.1", port)
+        with pytest.raises(InputError, match="not an address of this machine"):
+            check_port_free("192.0.2.7", port)
+        with pytest.raises(InputError, match="not an address of this machine"):
+            check_port_free("nonexistent.invalid", port)
+        started = time.monotonic()
+        with pytest.raises(InputError, match="no Ray cluster answers"):
+            wait_for_cluster("127.0.0.1:1", timeout_s=1.0)
+        assert time.monotonic() - started < 5
+        wait_for_cluster(f"127.0.0.1:{port}", timeout_s=1.0)  # something listens: Ray's turn
+    assert cluster_endpoint("10.0.0.5:6379") == ("10.0.0.5", 6379) and cluster_endpoint("[::1]:6379") == ("::1", 6379)
+    assert cluster_endpoint("auto") is None and cluster_endpoint("ray://head:10001") is None
+    for bad in ("nowhere", "host:", ":6379", "host:99999"):
+        with pytest.raises(InputError, match="HOST:PORT"):
+            cluster_endpoint(bad)
+    with pytest.raises(CdxError, match="/nonexistent"):
+        check_model(ServeOptions(checkpoint="/nonexistent"), local=True)
+    with pytest.raises(CdxError, match="tensorrt"):
+        check_model(ServeOptions(backend="tensorrt"), local=True)
+    check_model(ServeOptions(backend="onnxruntime"), local=True)
+
+
+def test_gate_answers_503_once_closed_and_counts_what_it_took():
+    import asyncio
+
+    from cdx.serve.drain import Gate, GateMiddleware
+
+    release = asyncio.Event
+
+    async def scenario():
+        go = release()
+
+        async def app(scope, receive, send):
+            await go.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        def refuse():
+            async def respond(scope, receive, send):
+                await send({"type": "http.response.start", "status": 503, "headers": []})
+                await send({"type": "http.response.body", "body": b"closed"})
+            return respond
+
+        gate = Gate()
+        mw = GateMiddleware(app, lambda: gate, refuse)
+
+        async def call():
+            sent = []
+
+            async def send(message):
+                sent.append(message)
+
+            await mw({"type": "http"}, None, send)
+            return sent[0]["status"]
+
+        taken = [asyncio.create_task(call()) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        assert gate.close() == 3 == gate.in_flight
+        assert await call() == 503  # a new one, while the three are still in flight
+        go.set()
+        assert [await t for t in taken] == [200, 200, 200] and gate.in_flight == 0
+        gate.open()
+        assert await call() == 200
+
+    asyncio.run(scenario())
+
+
+def test_ingress_drain_closes_every_route(ingress):
+    import asyncio
+
+    obj, client = ingress()
+    assert client.post("/v1/generate", json={"text": "a face", "steps": 2}).status_code == 200
+    assert asyncio.run(obj.drain()) == 0 and asyncio.run(obj.in_flight()) == 0
+    for r in (client.get("/healthz"), client.post("/v1/generate", json={"text": "a"}), client.get("/")):
+        assert "shutting down" in _one_line_error(r, 503) and r.headers["Retry-After"] == "5"
+    assert obj.model.generate.calls == 1
+
+
+def test_signals_interrupt_a_start_and_drain_a_server():
+    import signal
+
+    from cdx.serve.lifecycle import StopSignals
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # `cdx serve &` in a script starts so
+        s = StopSignals()
+        s.install()
+        assert signal.getsignal(signal.SIGINT) == s._handle == signal.getsignal(signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt):  # while starting: the start is interrupted
+            signal.raise_signal(signal.SIGTERM)
+        assert s.requested and s.name == "SIGTERM" and not s.hurry
+        s = StopSignals()
+        s.install()
+        s.interrupting = False
+        signal.raise_signal(signal.SIGINT)  # while serving: the drain starts, nothing is raised
+        assert s.requested and s.name == "SIGINT" and not s.hurry
+        signal.raise_signal(signal.SIGTERM)  # a second one: stop waiting for the requests in flight
+        assert s.hurry
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def test_leftover_processes_are_ended_term_then_kill():
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("psutil")
+    from cdx.serve.lifecycle import ProcessTree
+
+    stubborn = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); "
+                "time.sleep(60)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+             for code in ("import time; print(1, flush=True); time.sleep(60)", stubborn)]
+    try:
+        for p in procs:
+            p.stdout.readline()  # its handler is in place
+        tree = ProcessTree()
+        tree.note()
+        assert {p.pid for p in procs} <= set(tree.procs)
+        # only these two: the test process may have children of its own (multiprocessing's resource tracker)
+        tree.procs = {pid: proc for pid, proc in tree.procs.items() if pid in {p.pid for p in procs}}
+        started = time.monotonic()
+        assert tree.end_leftovers(grace_s=0.2) == 2
+        assert all(p.wait(5) is not None for p in procs) and time.monotonic() - started < 8
+        assert procs[0].returncode == -15 and procs[1].returncode == -9
+        rest = ProcessTree()
+        rest.note()
+        assert not {p.pid for p in procs} & set(rest.procs)  # both gone
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def test_a_failed_deployment_is_told_by_its_cause():
+    from cdx.serve.logs import failure_line
+
+    serve_message = (
+        "A replica failed to start with exception. Retrying 2 more time(s). Error:\n"
+        "ray::ServeReplica:cdx:Model.initialize_and_get_metadata() (pid=1, ip=127.0.0.1)\n"
+        "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+        "ray.exceptions.RayTaskError(CdxError): ray::ServeReplica:cdx:Model.initialize_and_get_metadata()\n"
+        "cdx.errors.StaleArtifactError: /b/mask_encoder.safetensors: missing or truncated; re-create it\n")
+    assert failure_line(serve_message) == "/b/mask_encoder.safetensors: missing or truncated; re-create it"
+    assert failure_line("Traceback:\nValueError: bad\n") == "ValueError: bad"
+    assert failure_line("Deploying application cdx failed:\n  x") == "Deploying application cdx failed: x"
+
+
+def test_warm_up_waits_for_requests_and_shares_the_pipeline_lock():
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    pytest.importorskip("ray")
+    from cdx.serve.model import Model
+
+    calls, lock_held = [], []
+    cls = Model.func_or_class
+    obj = object.__new__(cls)
+    obj.calling, obj.waiting = threading.Lock(), 1  # a request waits
+
+    def pipe(**kwargs):
+        lock_held.append(obj.calling.locked())
+        calls.append(kwargs["batch"])
+
+    pipe.cfg = SimpleNamespace(modalities=[SimpleNamespace(kind="text")])
+    obj.pipe = pipe
+    warm = threading.Thread(target=obj._warm, args=([1, 2, 3],), daemon=True)
+    warm.start()
+    time.sleep(0.3)
+    assert calls == []  # it lets the request go first
+    obj.waiting = 0
+    warm.join(5)
+    assert calls == [1, 2, 3] and all(lock_held)

@@ -27,12 +27,17 @@ from .options import backend_option, checkpoint_option
 @click.option("--max-queued", type=int, default=64, show_default=True,
               help="Requests that may wait for a replica; more are answered 503 with Retry-After.")
 @click.option("--max-steps", type=int, default=100, show_default=True, help="The most steps a request may ask for.")
-@click.option("--address", default=None, help="Join the Ray cluster at this address instead of starting one.")
+@click.option("--address", default=None,
+              help="Join the Ray cluster at this address (HOST:PORT of its head) instead of starting one.")
+@click.option("--drain-timeout", type=click.FloatRange(0, 3600), default=120.0, show_default=True,
+              help="On SIGINT or SIGTERM, how long to wait for the requests in flight (new ones get 503).")
+@click.option("--verbose", is_flag=True, help="Also show Ray's and Serve's own output (the replicas' logs, access "
+                                              "logs); by default one line per event of cdx serve's.")
 def serve(checkpoint, backend, engine_dir, device, host, port, replicas, gpus_per_replica, max_batch, batch_wait_ms,
-          max_queued, max_steps, address):
-    """Serve the model over HTTP (the page at /, the API at /v1) until interrupted."""
+          max_queued, max_steps, address, drain_timeout, verbose):
+    """Serve the model over HTTP (the page at /, the API at /v1) until SIGINT or SIGTERM, which drain it."""
     try:
-        from ..serve.local import serve_forever
+        from ..serve.lifecycle import serve_forever
         from ..serve.options import ServeOptions
     except ModuleNotFoundError as e:
         from ..errors import CdxError
@@ -42,7 +47,8 @@ def serve(checkpoint, backend, engine_dir, device, host, port, replicas, gpus_pe
                            engine_dir=str(engine_dir) if engine_dir else None, replicas=replicas,
                            gpus_per_replica=gpus_per_replica, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                            max_queued=max_queued, max_steps=max_steps)
-    serve_forever(options, host, port, address, say=lambda msg: click.echo(msg, err=True))
+    serve_forever(options, host, port, address, say=lambda msg: click.echo(msg, err=True), verbose=verbose,
+                  drain_timeout_s=drain_timeout)
 
 
 command = serve

@@ -9,9 +9,13 @@ The official BERTEmbedder calls ``BertTokenizerFast("bert-base-uncased")`` on ``
 * pre-tokeniser: BERT (split on whitespace and punctuation);
 * model: WordPiece, ``##`` continuation prefix, ``[UNK]`` for words it cannot cover (or over 100 chars);
 * ``[CLS] ... [SEP]``, truncated so that ``[SEP]`` stays last, padded with ``[PAD]`` = 0.
+
+Only the part of a caption that the truncation keeps is tokenized (``used_part``): a caption of megabytes
+costs what its first few thousand characters do, with the same ids as tokenizing all of it.
 """
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +31,12 @@ SEP_ID = 102
 MASK_ID = 103
 
 _VOCAB_NAME = "bert-base-uncased-vocab.txt"
+# where a caption may be cut without changing the tokens before the cut: ASCII whitespace and punctuation
+# and the CJK ideographs the normaliser puts spaces around (BERT's pre-tokeniser splits before each, and
+# normalisation is per character once Python has lower-cased)
+_BOUNDARY = re.compile("[ \t\n\r!-/:-@\\[-`{-~\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+                       "\U00020000-\U0002a6df\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f]")
+_FIRST_CUT_CHARS_PER_TOKEN = 64  # the first try: 64 characters per kept token (a caption is a few per token)
 
 
 def vocab_path() -> Path:
@@ -97,15 +107,33 @@ class Tokenizer:
         if not texts:
             return np.zeros((0, self.max_length), dtype=np.int64), []
         # the official pipeline lower-cases with Python before the (also lower-casing) tokenizer
-        encs = self._tok.encode_batch([t.lower() for t in texts], add_special_tokens=True)
+        used = [self.used_part(t.lower()) for t in texts]  # what truncation keeps, not megabytes of it
+        encs = self._tok.encode_batch(used, add_special_tokens=True)
         ids = np.asarray([e.ids for e in encs], dtype=np.int64).reshape(len(texts), self.max_length)
         truncated = [len(e.overflowing) > 0 for e in encs]
         return ids, truncated
 
+    def used_part(self, text: str) -> str:
+        """The start of a lower-cased caption that encodes to the same ids (and the same truncation flag) as
+        all of it: the caption itself when it is short; else the text before a space, an ASCII punctuation
+        mark or a CJK ideograph, so that the words before the cut are split exactly as in the whole caption, where that part
+        already holds more tokens than the encoding keeps (tried at 64 characters a kept token, then 4x
+        further each time). A long caption thus costs what its first few thousand characters do."""
+        chars = _FIRST_CUT_CHARS_PER_TOKEN * self.max_length
+        while chars < len(text):
+            m = _BOUNDARY.search(text[chars - 1::-1])  # the last boundary in text[:chars]
+            if m is not None:
+                head = text[:chars - 1 - m.start()]
+                if self._tok.encode(head, add_special_tokens=True).overflowing:
+                    return head  # more tokens than are kept, all of them the whole caption's own
+            chars *= 4
+        return text
+
     def words(self, text: str) -> list[str]:
         """The caption's words as the encoder splits them: lower-cased, accents stripped, split on whitespace
-        and punctuation (a punctuation mark is a word)."""
-        norm = self._tok.normalizer.normalize_str(text.lower())
+        and punctuation (a punctuation mark is a word); of a caption longer than the encoding keeps, those of
+        a start of it that holds every kept token (`used_part`)."""
+        norm = self._tok.normalizer.normalize_str(self.used_part(text.lower()))
         return [w for w, _ in self._tok.pre_tokenizer.pre_tokenize_str(norm)]
 
     def spells(self, word: str) -> bool:

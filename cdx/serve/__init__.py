@@ -2,7 +2,8 @@
 
     HTTP -> Ingress (FastAPI: limits, validation, the page at /) -> Model (N replicas, @serve.batch)
 
-`cdx.serve.app.build_app(ServeOptions(...))` is the application; `cdx.serve.local.serve_forever` runs it
-on a local Ray instance or a cluster until interrupted. Ray is imported only by those modules, so
-`cdx.serve.options` and `cdx.serve.batching` load without it.
+`cdx.serve.app.build_app(ServeOptions(...))` is the application; `cdx.serve.lifecycle.serve_forever` runs it
+on a local Ray instance or a cluster until SIGINT or SIGTERM, and drains it (`cdx.serve.local.start` / `stop`
+without the signals). Ray is imported only by those modules and the deployments', so `cdx.serve.options`,
+`batching`, `schema`, `preflight`, `logs` and `drain` load without it.
 """

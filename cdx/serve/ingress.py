@@ -20,8 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InputError
 from .batching import Job
+from .drain import DRAIN_RETRY_AFTER_S, Gate, GateMiddleware
 from .options import ServeOptions
-from .schema import parse_body, png_base64, request_kwargs
+from .schema import http_inputs, parse_body, png_base64, request_kwargs
 from .page import examples_payload, label_map_payload, model_payload
 from .security import content_type_error, host_error, loopback_replica_grpc
 
@@ -40,8 +41,24 @@ def error_response(status: int, message: str, retry_after: int | None = None) ->
     return JSONResponse({"error": " ".join(str(message).split())}, status_code=status, headers=headers)
 
 
+def _shutting_down() -> JSONResponse:
+    return error_response(503, "the server is shutting down: it takes no new request; retry later",
+                          DRAIN_RETRY_AFTER_S)
+
+
 app = FastAPI(title="cdx", docs_url=None, redoc_url=None, openapi_url=None)
 app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def _gate() -> Gate | None:
+    """The gate of the ingress replica this process serves (None before it exists)."""
+    try:
+        return getattr(serve.get_replica_context().servable_object, "gate", None)
+    except Exception:  # noqa: BLE001 - not in a replica (yet)
+        return None
+
+
+app.add_middleware(GateMiddleware, gate_of=_gate, refuse=_shutting_down)  # drain.py
 
 
 @app.exception_handler(HttpError)
@@ -91,6 +108,7 @@ class Ingress:
 
         loopback_replica_grpc()  # before Serve starts this replica's gRPC server (after __init__)
         self.model, self.options = model, ServeOptions.from_dict(options)
+        self.gate = Gate()  # closed by `drain` when `cdx serve` stops (drain.py)
         self.cfg = config_of(self.options.checkpoint, self.options.engine_dir)  # manifest only, no weights
         self.backend: str | None = None
         self.seconds = 1.0  # a running mean of a request's time at the model: the Retry-After it advises
@@ -105,6 +123,14 @@ class Ingress:
 
     def retry_after(self) -> int:
         return max(1, math.ceil(self.seconds))
+
+    async def drain(self) -> int:
+        """Take no new request (each gets 503 with Retry-After); the number still in flight (drain.py)."""
+        return self.gate.close()
+
+    async def in_flight(self) -> int:
+        """The HTTP requests this replica took and has not answered yet."""
+        return self.gate.in_flight
 
     async def _model_ready(self) -> tuple[bool, str]:
         ctx = serve.get_replica_context()
@@ -134,7 +160,12 @@ class Ingress:
         self.check(request)
         if self.backend is None:
             self.backend = await self.model.describe.remote()
-        return model_payload(self.cfg, self.options, self.backend)
+        payload = model_payload(self.cfg, self.options, self.backend)
+        for m in payload["modalities"]:  # what /v1/generate takes, not what the Python API does
+            m["input"] = http_inputs(self.options).get(m["kind"], "not taken over HTTP (/v1/generate takes "
+                                                                  "text and mask)")
+        payload["limits"]["max_text_chars"] = self.options.max_text_chars
+        return payload
 
     @app.post("/v1/label-map")
     async def label_map(self, request: Request):

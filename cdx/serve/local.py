@@ -1,5 +1,6 @@
 """Run the cdx app on Ray Serve from one process: a local Ray instance (or the cluster at `address`), the
-HTTP proxy on host:port, the app deployed and ready, then serve until interrupted and shut down cleanly.
+HTTP proxy on host:port, the app deployed and ready (`start`), and its removal (`stop`). `cdx serve` itself,
+with its signals and its drain, is lifecycle.serve_forever.
 
 A local instance is private to its user (docs/serving.md, "What listens where"): every Ray socket on the
 loopback address (Ray's node address, GCS, raylet, agents, workers; the replicas' gRPC servers through
@@ -9,15 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import stat
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable
 
-from ..errors import CdxError, InputError
+from ..errors import CdxError
+from .logs import QUIET_ENV, failure_line, quiet_driver, ray_init_options, serve_logging
 from .options import ServeOptions
+from .preflight import CONNECT_TIMEOUT_S, check_port_free, preflight  # noqa: F401 - check_port_free: callers
 from .security import is_loopback, served_hosts
 
 APP_NAME = "cdx"
@@ -62,72 +65,138 @@ def make_token_private(say: Callable[[str], None] = print) -> Path | None:
     return path
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Refuse, in one line, a port that something already listens on (Serve's proxy would only log it)."""
-    if not 1 <= port <= 65535:
-        raise InputError(f"--port {port}: expected 1..65535")
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy's server does (TIME_WAIT is fine)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise InputError(f"{host}:{port}: cannot listen there ({e.strerror}); choose another --port "
-                             "or --host") from None
+def url_of(host: str, port: int) -> str:
+    """The server's URL (an IPv6 address in brackets)."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def start(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
-          ray_init: dict | None = None, say: Callable[[str], None] = print) -> str:
-    """Start (or join) Ray, start Serve's proxy on host:port and deploy the app; return its URL once every
-    replica is ready (warm-up included)."""
+def start_ray(address: str | None = None, ray_init: dict | None = None, say: Callable[[str], None] = print,
+              verbose: bool = False) -> None:
+    """Start a local Ray instance (address None: loopback only, private files) or join the cluster at
+    `address` (a bounded wait: preflight.wait_for_cluster first, then CONNECT_TIMEOUT_S for Ray itself)."""
     local = address is None
     if local:
-        check_port_free(host, port)
         # before Ray is imported (a process that imported Ray already keeps what it read: checked below)
         os.environ.update(LOCAL_ENV)
         if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
             say(f"ray: RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']}: Ray's ports take requests without a token, "
                 "so any user of this machine can run code as you through them")
-    if options.allowed_hosts is None:
-        options = dataclasses.replace(options, allowed_hosts=served_hosts(host))
+    os.environ.update(QUIET_ENV)
     import ray
+
+    if ray.is_initialized():
+        return
+    make_token_private(say)
+    kwargs = dict(include_dashboard=False, **ray_init_options(verbose))
+    if local:
+        root = private_temp_dir()
+        kwargs.update(dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", _temp_dir=str(root / "ray"))
+    kwargs.update(ray_init or {})
+    umask = os.umask(0o077)  # Ray's files, its token, and every process it starts (they inherit it)
+    watchdog = None if local else _connect_watchdog(address, say)
+    try:
+        ray.init(address=address, **kwargs)
+    finally:
+        os.umask(umask)
+        if watchdog is not None:
+            watchdog.cancel()
+    quiet_driver(verbose)
+    gcs = ray.get_runtime_context().gcs_address
+    if local:
+        node = ray.util.get_node_ip_address()
+        if not (is_loopback(node) and is_loopback(gcs.rpartition(":")[0])):
+            ray.shutdown()
+            raise CdxError(f"Ray started on {node} (GCS {gcs}), not on the loopback address: import cdx's "
+                           "serve before Ray, or set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
+        say(f"ray: started a local instance at {gcs} (loopback only, files under {root} owner-only)")
+    else:
+        say(f"ray: joined the cluster at {gcs}")
+    if (token := make_token_private(say)) is not None:
+        say(f"ray: token in {token} (owner-only)")
+
+
+def _connect_watchdog(address: str, say: Callable[[str], None]):
+    """Ray retries a cluster that does not answer as one forever, inside C++ that no signal interrupts:
+    after CONNECT_TIMEOUT_S this says so in one line and ends the process (it started nothing)."""
+    import threading
+
+    def give_up():
+        say(f"error: --address {address}: Ray did not connect within {CONNECT_TIMEOUT_S:g} s (is it a Ray "
+            "cluster's head, and does it take this machine's token?)")
+        sys.stderr.flush()
+        os._exit(2)
+
+    timer = threading.Timer(CONNECT_TIMEOUT_S, give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def deploy(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, local: bool = True,
+           say: Callable[[str], None] = print, verbose: bool = False) -> str:
+    """Start Serve's proxy on host:port and deploy the app on the Ray this process is connected to; return
+    its URL once /healthz answers 200 (a local server) or the app runs (a cluster)."""
     from ray import serve
 
     from .app import build_app
 
-    if not ray.is_initialized():
-        make_token_private(say)
-        if local:
-            root = private_temp_dir()
-            kwargs = dict(include_dashboard=False, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-                          _temp_dir=str(root / "ray"), logging_level="WARNING")
-        else:
-            kwargs = dict(include_dashboard=False, logging_level="WARNING")
-        kwargs.update(ray_init or {})
-        umask = os.umask(0o077)  # Ray's files, its token, and every process it starts (they inherit it)
-        try:
-            ray.init(address=address, **kwargs)
-        finally:
-            os.umask(umask)
-        gcs = ray.get_runtime_context().gcs_address
-        if local:
-            node = ray.util.get_node_ip_address()
-            if not (is_loopback(node) and is_loopback(gcs.rpartition(":")[0])):
-                ray.shutdown()
-                raise CdxError(f"Ray started on {node} (GCS {gcs}), not on the loopback address: import cdx's "
-                               "serve before Ray, or set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
-            say(f"ray: started a local instance at {gcs} (loopback only, files under {root} owner-only)")
-        else:
-            say(f"ray: joined the cluster at {gcs}")
-        if (token := make_token_private(say)) is not None:
-            say(f"ray: token in {token} (owner-only)")
-    serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+    if options.allowed_hosts is None:
+        options = dataclasses.replace(options, allowed_hosts=served_hosts(host))
+    quiet_driver(verbose)  # after Serve's import, which sets its logger's level
+    serve.start(http_options={"host": host, "port": port}, logging_config=serve_logging(verbose))
     say(f"deploying {options.replicas} model replica(s) (max batch {options.max_batch}, wait "
         f"{options.batch_wait_ms:g} ms); the first start exports the model, which takes minutes on a CPU")
     try:
-        serve.run(build_app(options), name=APP_NAME, route_prefix="/")
+        serve.run(build_app(options), name=APP_NAME, route_prefix="/", logging_config=serve_logging(verbose))
     except Exception as e:  # noqa: BLE001 - Serve reports a replica that failed to start as a RuntimeError
-        raise CdxError(f"the app did not start: {' '.join(str(e).split())[:400]}") from None
-    return f"http://{host}:{port}/"
+        raise CdxError(f"the app did not start: {failure_line(_deployment_messages() or str(e))}") from None
+    if local:
+        wait_until_healthy(host, port)
+    return url_of(host, port)
+
+
+def _deployment_messages() -> str:
+    """What Serve says of the app's deployments that failed (a replica's traceback among it), else ''."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(APP_NAME)
+        return "\n".join(str(d.message or "") for d in (app.deployments.values() if app else ())
+                         if "HEALTHY" != str(getattr(d.status, "value", d.status)))
+    except Exception:  # noqa: BLE001 - Serve's own message will do
+        return ""
+
+
+def wait_until_healthy(host: str, port: int, timeout_s: float = 60.0) -> None:
+    """Poll GET /healthz on the proxy (no HTTP proxy of the environment's) until it answers 200."""
+    import urllib.error
+    import urllib.request
+
+    probe = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline, last = time.monotonic() + timeout_s, "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with opener.open(url_of(probe, port) + "healthz", timeout=5) as r:
+                if r.status == 200:
+                    return
+                last = f"HTTP {r.status}"
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}"
+        except OSError as e:
+            last = str(getattr(e, "reason", None) or e)
+        time.sleep(0.2)
+    raise CdxError(f"the app runs but {url_of(probe, port)}healthz did not answer 200 within {timeout_s:g} s "
+                   f"({last})")
+
+
+def start(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
+          ray_init: dict | None = None, say: Callable[[str], None] = print, verbose: bool = False) -> str:
+    """Check the options (preflight.py), start (or join) Ray, start Serve's proxy on host:port and deploy the
+    app; return its URL once it is ready."""
+    preflight(options, host, port, address)
+    start_ray(address, ray_init, say, verbose)
+    return deploy(options, host, port, address is None, say, verbose)
 
 
 def stop(local: bool) -> None:
@@ -136,30 +205,10 @@ def stop(local: bool) -> None:
     from ray import serve
 
     try:
-        if local:
-            serve.shutdown()
-        else:
-            serve.delete(APP_NAME)
+        if ray.is_initialized():
+            if local:
+                serve.shutdown()
+            else:
+                serve.delete(APP_NAME)
     finally:
         ray.shutdown()
-
-
-def serve_forever(options: ServeOptions, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
-                  say: Callable[[str], None] = print) -> None:
-    """`cdx serve`: start, print the URL, serve until Ctrl-C (or SIGTERM), then stop cleanly."""
-    import signal
-
-    def term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, term)
-    try:
-        url = start(options, host, port, address, say=say)
-        say(f"serving {url} (the page), {url}v1/generate (the API); Ctrl-C stops")
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        say("stopping")
-    finally:
-        stop(local=address is None)
-        say("stopped")

@@ -26,8 +26,11 @@ class ServeOptions:
     max_steps: int = 100
     max_body_bytes: int = 4 << 20
     max_mask_side: int = 2048  # pixels, either side of a mask PNG
+    max_text_chars: int = 4096  # characters of a caption (the shipped text encoder reads 75 tokens)
     max_guidance_sets: int = 4  # distinct guidance settings a replica keeps runners for (each is an export)
-    warm: bool = True  # at start-up, a 1-step call of every size a call can have (export on first use, compile)
+    # a 1-step call of every size a call can have (OpenVINO: one compile each), in the background once the
+    # replica is ready (model.py); False: each size is compiled on its first use
+    warm: bool = True
     # the names the Host header may carry ("*": any); None: any, except under `cdx serve` (local.start), which
     # sets the names of its --host (security.served_hosts: the loopback names for 127.0.0.1)
     allowed_hosts: tuple[str, ...] | None = None
@@ -35,7 +38,8 @@ class ServeOptions:
     def __post_init__(self):
         ints = {"replicas": (1, 1024), "max_batch": (1, 256), "max_items": (1, 4096), "max_queued": (1, 1 << 20),
                 "max_request_batch": (1, 4096), "max_steps": (1, 1000), "max_body_bytes": (1024, 1 << 30),
-                "max_mask_side": (32, 16384), "max_guidance_sets": (1, 64)}
+                "max_mask_side": (32, 16384), "max_guidance_sets": (1, 64),
+                "max_text_chars": (1, 1 << 20)}
         for name, (lo, hi) in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:

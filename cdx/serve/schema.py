@@ -34,6 +34,7 @@ class GenerateBody(BaseModel):
     sampler: StrictStr = "ddim"
     guidance: Optional[dict[StrictStr, Number]] = None  # {modality: classifier-free guidance scale}
     eta: Optional[Number] = None
+    fast: StrictBool = False  # the fast recipe (cdx.sampling.settings.FAST): replaces sampler and steps
     return_influence: StrictBool = False
 
 
@@ -100,6 +101,9 @@ def request_kwargs(body: GenerateBody, cfg, options: ServeOptions) -> tuple[dict
 
     if body.text is None and body.mask is None:
         raise InputError("give at least one condition: text (a caption) or mask (a base64 PNG label map)")
+    if body.text is not None and len(body.text) > options.max_text_chars:
+        raise InputError(f"text: {len(body.text)} characters; this server takes captions of up to "
+                         f"{options.max_text_chars} (the text encoder reads only its first tokens)")
     most = min(options.max_steps, cfg.timesteps)
     steps = check_int(body.steps, "steps", 1, most) if body.steps is not None else min(DEFAULT_STEPS, most)
     check_int(body.batch, "batch", 1, options.max_request_batch)
@@ -110,8 +114,17 @@ def request_kwargs(body: GenerateBody, cfg, options: ServeOptions) -> tuple[dict
     own = {m.name: m.guidance for m in cfg.modalities}
     guidance = {n: s for n, s in (guidance or {}).items() if own[n] != s} or None  # the model's own: no change
     kwargs = dict(text=body.text, mask=mask, seed=body.seed, steps=steps, batch=body.batch,
-                  sampler=body.sampler, eta=body.eta, return_influence=body.return_influence)
+                  sampler=body.sampler, eta=body.eta, fast=body.fast, return_influence=body.return_influence)
     return kwargs, guidance
+
+
+def http_inputs(options: ServeOptions) -> dict[str, str]:
+    """What /v1/generate takes for each modality kind, in the HTTP API's words (GET /v1/model)."""
+    return {"text": f"text: a caption, a JSON string of at most {options.max_text_chars} characters (the text "
+                    "encoder reads only its first tokens)",
+            "mask": f"mask: a base64 PNG label map (a data: URL prefix is allowed), at most "
+                    f"{options.max_mask_side} pixels a side: palette or greyscale pixels = class ids 0..18, or "
+                    "RGB in the palette's colours"}
 
 
 def png_base64(array: np.ndarray) -> str:

@@ -152,7 +152,8 @@ function maskPng() {
 function number(id) { const v = $(id).value.trim(); return v === "" || isNaN(Number(v)) ? v : Number(v); }
 
 $("generate").addEventListener("click", async () => {
-  const body = { seed: number("seed"), steps: number("steps"), batch: number("batch"), return_influence: $("influence").checked };
+  const body = { seed: number("seed"), steps: number("steps"), batch: number("batch"), fast: $("fast").checked,
+                 return_influence: $("influence").checked };
   if ($("use-text").checked) body.text = $("text").value;
   if ($("use-mask").checked) body.mask = maskPng();
   showError(""); $("generate").disabled = true; $("status").textContent = "generating...";
