@@ -1,10 +1,10 @@
-# Sourced by the lent-GPU scripts (device_train.sh, device_diffusers.sh) after they set NAME (the log prefix
+# Sourced by the CUDA GPU scripts (device_train.sh, device_diffusers.sh) after they set NAME (the log prefix
 # and the default OUT folder's stem) and BUDGET_DEFAULT (seconds for the whole script). Sets REPO, OUT, PY,
 # BUDGET, DRY, START, W (a fresh work folder) with W/pack, LOG (OUT/train.log); exports the Python settings
 # and enters REPO. Functions: say (a timed log line), left (seconds of the budget left), stage_t (a stage's
 # timeout), gpu_tests_start /
 # gpu_tests_wait (the GPU tests in the background, their log and junit in W/pack), pack PREFIX (W/pack as a
-# tar split into OUT/PREFIX.tar.part-?? pieces of at most 16.7 MB: the device tool brings back 16 MiB files).
+# tar split into OUT/PREFIX.tar.part-?? pieces of at most 16.7 MB, for channels that copy files of 16 MiB at most).
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${OUT:-$REPO/${NAME}_out}
 PY=${PYTHON:-$(command -v python3 || command -v python)}

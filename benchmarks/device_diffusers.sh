@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a lent GPU that re-trains a bundle's dynamic diffusers (Algorithm 1, collaborators frozen)
+# One command on a CUDA GPU machine that re-trains a bundle's dynamic diffusers (Algorithm 1, collaborators frozen)
 # in several variants side by side, scores each on held-out conditions, and runs the GPU tests:
 #
 #   OUT=/some/empty/folder bash benchmarks/device_diffusers.sh

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a lent GPU that trains the default model and runs the device checks:
+# One command on a CUDA GPU machine that trains the default model and runs the device checks:
 #
 #   OUT=/some/empty/folder bash benchmarks/device_train.sh
 #

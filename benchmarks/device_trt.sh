@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# For the day a GPU machine with TensorRT is lent: build, verify, run (plain and graph-captured), refit
+# For a machine with a CUDA GPU and TensorRT installed: build, verify, run (plain and graph-captured), refit
 # and time the TensorRT engines of a tiny random model and of the shipped one, and run the TensorRT tests.
 #
 #   OUT=/some/empty/folder bash benchmarks/device_trt.sh

@@ -2,7 +2,7 @@
 
     import cdx
     pipe = cdx.Pipeline.load()
-    out = pipe(text="This woman has blond hair.", mask="mask.png", seed=0, steps=50)
+    out = pipe(text="This woman has blond hair.", mask="examples/mask_long_hair.png", seed=0, steps=50)
     out.images[0].save("face.png")
 """
 from .errors import CdxError, InputError, StaleArtifactError

@@ -11,9 +11,9 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["influence_grid", "intermediates_grid", "item_paths", "pick_steps"]
+__all__ = ["influence_grid", "intermediates_grid", "item_paths", "labelled_strip", "pick_steps"]
 
-GAP = 2  # grey lines between cells
+GAP = 2  # grey lines between and around cells: a frame, so that an all-white cell is seen
 GAP_VALUE = 128
 PAD = 4  # margin around the labels
 BAR_H = 10  # height of the scale bar
@@ -78,7 +78,7 @@ def _cells_sheet(cells: list[list[np.ndarray]], row_labels: Sequence[str], col_l
     canvas = Image.new("RGB" if colour else "L", (width, height), (255, 255, 255) if colour else 255)
     grid_w, grid_h = n_cols * (cw + GAP) + GAP, n_rows * (ch + GAP) + GAP
     grey = (GAP_VALUE,) * 3 if colour else GAP_VALUE
-    canvas.paste(Image.new(canvas.mode, (grid_w - GAP, grid_h - GAP), grey), (label_w - GAP, header_h - GAP))
+    canvas.paste(Image.new(canvas.mode, (grid_w, grid_h), grey), (label_w - GAP, header_h - GAP))  # the frames
     draw = ImageDraw.Draw(canvas)
     ink = (0, 0, 0) if colour else 0
     for c, text in enumerate(col_labels):
@@ -91,6 +91,18 @@ def _cells_sheet(cells: list[list[np.ndarray]], row_labels: Sequence[str], col_l
         for c, cell in enumerate(row):
             canvas.paste(Image.fromarray(cell), (label_w + c * (cw + GAP), y))
     return canvas, draw, (label_w, header_h + n_rows * (ch + GAP) + PAD)
+
+
+def labelled_strip(images, labels: Sequence[str], row_label: str = "") -> np.ndarray:
+    """Images side by side, each framed and labelled above (e.g. ``alpha=0.5``; the bare value where the
+    label is wider than the image). ``images``: ``[n, H, W, 3]`` uint8."""
+    a = np.asarray(images)
+    if a.ndim != 4 or len(a) != len(labels):
+        raise ValueError(f"images {a.shape}: expected [n, H, W, 3] with {len(labels)} labels")
+    width = a.shape[2]
+    cols = [text if _text_size(text)[0] <= width else text.partition("=")[2] or text for text in labels]
+    canvas, _, _ = _cells_sheet([list(a)], [row_label], cols)
+    return np.asarray(canvas)
 
 
 def influence_grid(influence, names: Sequence[str], timesteps: Sequence[int], columns: int | None = 10,

@@ -142,3 +142,36 @@ def test_render_intermediates_grid():
     # uint8 NHWC input is taken as it is
     u8 = ((np.clip(x0, -1, 1) + 1) * 127.5).round().astype(np.uint8).transpose(0, 1, 3, 4, 2)
     assert np.array_equal(intermediates_grid(u8, T50, rows=5, scale=2), g)
+
+
+def test_render_every_influence_cell_is_framed_so_a_white_one_shows():
+    from cdx.render import GAP_VALUE
+
+    w = np.ones((50, 1, 1, 4, 4), np.float32)  # weight 1 everywhere: all-white cells
+    g = influence_grid(w, ["text"], T50, columns=2, cell=16)
+    white = np.argwhere(g == 255)  # the grid is greyscale; a cell is a 16x16 white square
+    found = 0
+    for y, x in white:
+        if y + 16 <= g.shape[0] and x + 16 <= g.shape[1] and (g[y:y + 16, x:x + 16] == 255).all() \
+                and g[y - 1, x] == GAP_VALUE and g[y, x - 1] == GAP_VALUE:
+            assert (g[y - GAP:y + 16 + GAP, x - GAP] == GAP_VALUE).all()  # left
+            assert (g[y - GAP:y + 16 + GAP, x + 16] == GAP_VALUE).all()  # right
+            assert (g[y - GAP, x - GAP:x + 16 + GAP] == GAP_VALUE).all()  # top
+            assert (g[y + 16, x - GAP:x + 16 + GAP] == GAP_VALUE).all()  # bottom
+            found += 1
+    assert found == 2
+
+
+def test_render_labelled_strip_labels_each_column():
+    from cdx.render import labelled_strip
+
+    faces = np.full((3, 64, 64, 3), 200, np.uint8)
+    s = labelled_strip(faces, ["alpha=0.5", "alpha=0.7", "alpha=0.9"])
+    assert s.shape[0] > 64 + 2 * GAP and s.shape[1] >= 3 * 64 + 2 * GAP
+    header = s[: s.shape[0] - 64 - GAP]
+    dark = np.nonzero((header < 100).all(axis=2).any(axis=0))[0]  # columns with label ink
+    assert dark.size and len({int(x) // (64 + GAP) for x in dark}) == 3  # a label above every column
+    narrow = labelled_strip(np.zeros((2, 8, 8, 3), np.uint8), ["alpha=0.5", "alpha=1"])  # too narrow: the value
+    assert narrow.shape[1] < 60
+    with pytest.raises(ValueError):
+        labelled_strip(faces, ["a", "b"])

@@ -10,7 +10,7 @@ import click
 @click.command("build-engine")
 @click.option("--onnx", "onnx_dir", type=click.Path(path_type=Path), required=True, help="A `cdx export` folder.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Engine folder to write.")
-@click.option("--fp16/--fp32", default=True, show_default=True)
+@click.option("--fp16/--fp32", default=True, show_default=True, help="The engines' precision.")
 @click.option("--batch", default="1,1,4", show_default=True, help="MIN,OPT,MAX batch of the profiles (or N).")
 @click.option("--static", is_flag=True, help="Fixed shapes at the OPT batch (what CUDA graphs prefer).")
 @click.option("--vae-fp32", is_flag=True, help="Keep the VAE networks in fp32.")
@@ -22,6 +22,10 @@ import click
 def build_engine(onnx_dir, out, fp16, batch, static, vae_fp32, refittable, timing_cache, workspace, verify):
     """One TensorRT engine per network (polygraphy's loaders), with a manifest; current engines are skipped."""
     from ..backends.trt import build_engines, check_errors, parse_batch, read_engine_manifest, verify_engines
+    from .options import check_distinct
+
+    check_distinct({"--out": out}, {"--onnx": onnx_dir}, folders=("--out",))
+    check_distinct({"--timing-cache": timing_cache}, {"--onnx": onnx_dir})
 
     report = build_engines(onnx_dir, out, fp16=fp16, batch=parse_batch(batch), static=static, vae_fp32=vae_fp32,
                            refittable=refittable, timing_cache=timing_cache,

@@ -9,7 +9,24 @@ import click
 
 @click.group()
 def data():
-    """Training data sets (plain folders or the official repository's layout)."""
+    """Training data sets: make a synthetic one (synth), check a folder (check)."""
+
+
+@data.command("synth")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--n", "n", type=int, required=True, help="How many faces.")
+@click.option("--seed", type=int, default=1234, show_default=True,
+              help="Generator seed: face i is the one `cdx train` draws as sample i with --data-seed SEED.")
+@click.option("--size", type=int, default=64, show_default=True, help="Image and label-map side in pixels.")
+def synth_cmd(folder, n, seed, size):
+    """Write N synthetic faces to FOLDER (new or empty) as a plain training folder: images/, masks/,
+    captions.json."""
+    from ..train.synth_folder import write_synthetic_folder
+    from .progress import Progress
+
+    with Progress("writing synthetic faces", unit="face") as bar:
+        write_synthetic_folder(folder, n, seed, size, progress=lambda i, total: bar.update(1, total=total))
+    click.echo(f"wrote {folder}: {n} faces ({size}x{size}, seed {seed}) in images/, masks/ and captions.json")
 
 
 @data.command("check")

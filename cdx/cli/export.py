@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from ..errors import CdxError
-from .options import checkpoint_option
+from .options import check_distinct, checkpoint_option
 
 MAX_PAD = 64
 
@@ -14,7 +14,7 @@ MAX_PAD = 64
 @click.command()
 @checkpoint_option
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Export folder to write.")
-@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14 to 20).")
 @click.option("--verify", is_flag=True, help="Run every graph in ONNX Runtime against torch on random inputs.")
 @click.option("--pad-heads", type=int, default=0, show_default=True,
               help=f"Zero-pad attention head sizes to a multiple of this, 0 (none) to {MAX_PAD} (8 for TensorRT's "
@@ -34,6 +34,7 @@ def export(checkpoint, out, opset, verify, pad_heads, overwrite):
     if not 0 <= pad_heads <= MAX_PAD:
         raise InputError(f"--pad-heads {pad_heads}: use 0 (no padding) to {MAX_PAD}, e.g. 8")
     check_folder_target(out, FORMAT, overwrite)  # before minutes of export
+    check_distinct({"--out": out}, {"--checkpoint": checkpoint}, folders=("--out",))
     ckpt = checkpoint or default_checkpoint()
     model = load_bundle(ckpt)
     if pad_heads:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .options import guidance_option, parse_guidance
+from .options import check_distinct, guidance_option, parse_guidance
 
 # Per stage: defaults for --steps/--batch/--lr/warm-up, and the share of `train all --max-minutes`.
 STAGES = {
@@ -44,7 +44,8 @@ def common_options(f):
                      help="Gradient accumulation: micro-batches per optimizer step in each process."),
         click.option("--lr", type=float, default=None, help=f"AdamW learning rate in (0, {MAX_LR:g}] "
                      "(default: per stage)."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial weights, the "
+                     "noise and the order of the samples."),
         click.option("--resume", is_flag=True, help="Continue from the stage's checkpoint when there is one "
                      "(with any number of processes)."),
         click.option("--max-minutes", type=float, default=None, help="Wall-clock budget besides --steps (> 0)."),
@@ -60,7 +61,8 @@ def common_options(f):
         click.option("--ema-decay", type=float, default=0.999, show_default=True,
                      help="EMA of the weights (the saved weights); lower for short runs."),
         click.option("--data-size", type=int, default=30000, show_default=True, help="Synthetic faces to train on."),
-        click.option("--data-seed", type=int, default=1234, show_default=True),
+        click.option("--data-seed", type=int, default=1234, show_default=True,
+                     help="Seed of the synthetic faces (without --data)."),
         click.option("--data-cache", type=click.Path(path_type=Path), default=None,
                      help="Folder of the prepared data sets (default: WORK/data)."),
         click.option("--init-from", type=click.Path(path_type=Path), default=None,
@@ -103,6 +105,8 @@ def _check(o: dict) -> None:
         raise InputError(f"--ema-decay must be in [0, 1), got {o['ema_decay']}")
     if o["max_minutes"] is not None and not (math.isfinite(o["max_minutes"]) and o["max_minutes"] > 0):
         raise InputError(f"--max-minutes must be > 0, got {o['max_minutes']} (without it only --steps limits a run)")
+    check_distinct({"--work": o["work"], "--data-cache": o["data_cache"]},
+                   {"--data": o["data"], "--init-from": o["init_from"]}, into=("--work", "--data-cache"))
 
 
 def in_range(name: str, value: float, lo: float, hi: float, lo_open: bool = False) -> None:
@@ -233,7 +237,8 @@ def diffusers_cmd(snr_weight_power, fresh_diffusers, **o):
 
 
 @train.command("assemble")
-@click.option("--work", type=click.Path(path_type=Path), default=Path("train_work"), show_default=True)
+@click.option("--work", type=click.Path(path_type=Path), default=Path("train_work"), show_default=True,
+              help="The work folder the stages wrote.")
 @click.option("--preset", default=None, help="Default: the configuration --work was trained with.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Bundle folder to write.")
 @click.option("--eta", type=float, default=0.0, show_default=True,
@@ -255,6 +260,10 @@ def assemble_cmd(work, preset, out, eta, shaping, shaping_scale, shaping_decay, 
     from ..errors import InputError
 
     check_eta(eta)
+    if from_bundle is None:
+        check_distinct({"--out": out}, {"--work": work}, folders=("--out",))
+    elif Path(from_bundle).resolve() != Path(out).resolve():  # --out may be the bundle itself: resampled in place
+        check_distinct({"--out": out}, {"--from-bundle": from_bundle}, folders=("--out",))
     if shaping_scale is not None and not (shaping and 0 < shaping_scale < float("inf")):
         raise InputError(f"--shaping-scale needs --shaping and a value > 0, got {shaping_scale}")
     if shaping_decay != "cosine" and not (shaping and shaping_scale is not None):
@@ -281,6 +290,8 @@ def all_cmd(out, **o):
 
     t0 = time.monotonic()
     _check(o)
+    check_distinct({"--out": out}, {"--work": o["work"], "--data": o["data"], "--init-from": o["init_from"],
+                                    "--data-cache": o["data_cache"]}, folders=("--out",))
     cfg, data, _ = _setup(o, "vae")
     trained = [m for m in cfg.modalities if m.name in data.manifest["modalities"]]
     if len(trained) < len(cfg.modalities):

@@ -2,7 +2,7 @@
 the PSNR by which images of two backends or two paths are compared."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -91,12 +91,13 @@ def paired_ci(num_a: np.ndarray, num_b: np.ndarray, den: np.ndarray, reps: int =
 
 
 def paired_fd_cis(features_a: np.ndarray, others: dict[str, np.ndarray], ref_mu: np.ndarray, ref_sigma: np.ndarray,
-                  reps: int = 300, seed: int = 0, level: float = 0.95) -> dict[str, tuple[float, float, float]]:
+                  reps: int = 300, seed: int = 0, level: float = 0.95,
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, tuple[float, float, float]]:
     """FD(a) - FD(b) for each feature set b of `others`, against the same reference statistics, a and every b
     generated from the same N conditions, with paired bootstrap intervals: each replicate draws N conditions
     with replacement and scores every method's images of those conditions (a's FD once per replicate). The
     bootstrap's duplicates bias each FD upwards; the difference is what is read. Returns per key of `others`
-    (difference, low, high)."""
+    (difference, low, high). `progress(done, reps)` is called after each replicate."""
     fa = np.asarray(features_a, np.float64)
     fbs = {k: np.asarray(v, np.float64) for k, v in others.items()}
     for fb in fbs.values():
@@ -113,6 +114,8 @@ def paired_fd_cis(features_a: np.ndarray, others: dict[str, np.ndarray], ref_mu:
         fd_a = fd_ref(fa[idx])
         for k, fb in fbs.items():
             boot[k][r] = fd_a - fd_ref(fb[idx])
+        if progress is not None:
+            progress(r + 1, reps)
     fd_a, out = fd_ref(fa), {}
     for k, fb in fbs.items():
         lo, hi = np.quantile(boot[k], [(1 - level) / 2, (1 + level) / 2])

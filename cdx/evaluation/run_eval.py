@@ -67,13 +67,16 @@ def score(nets: EvalNets, images: np.ndarray, faces: dict, ref_features: np.ndar
             "mask_acc": pixel_accuracy(parsed, faces["parse"]), "text_acc_per_attr": per_attr}
 
 
-def paired(counts: dict[str, dict], reference: str, ref_features: np.ndarray | None = None) -> dict[str, dict]:
+def paired(counts: dict[str, dict], reference: str, ref_features: np.ndarray | None = None,
+           progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
     """For each other method: reference's score minus its own (text and mask accuracy; FD too when the real
     faces' features are given: negative = reference better), with a 95 % paired bootstrap interval over the
-    test conditions ([difference, low, high]; an interval excluding 0 = a real difference)."""
+    test conditions ([difference, low, high]; an interval excluding 0 = a real difference). `progress(done,
+    total)` follows the FD bootstrap's replicates."""
     others = {m: c for m, c in counts.items() if m != reference}
     fds = {} if ref_features is None else paired_fd_cis(
-        counts[reference]["features"], {m: c["features"] for m, c in others.items()}, *feature_stats(ref_features))
+        counts[reference]["features"], {m: c["features"] for m, c in others.items()}, *feature_stats(ref_features),
+        progress=progress)
     out = {}
     for m, c in others.items():
         out[m] = {"fd": [round(v, 3) for v in fds[m]]} if m in fds else {}
@@ -103,7 +106,8 @@ def _contexts(runner: Runner, cfg: ModelConfig, tokenizer: Tokenizer, faces: dic
 
 def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, sampling: Sampling | None = None,
              methods: Sequence[str | Method] | str = "all", batch: int = 16, nets: EvalNets | None = None,
-             n_ref: int = 1024, progress: Callable[[str], None] | None = None) -> dict:
+             n_ref: int = 1024, progress: Callable[[str], None] | None = None,
+             bootstrap_progress: Callable[[int, int], None] | None = None) -> dict:
     """Generate with each method from the same n test conditions and noise; score FD, text acc, mask acc.
     `cfg` is the model's config as sampled (its shaping), `sampling` the settings (default: 50 DDIM steps at
     the model's eta). `methods` are names of :data:`METHODS` or `Method` objects (a benchmark's own
@@ -133,26 +137,34 @@ def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, samp
     tokenizer = Tokenizer()
     images = {m: [] for m in names}
     seconds = dict.fromkeys(names, 0.0)
+    skipped = dict.fromkeys(names, 0)  # collaborator evaluations (per item) influence gating saved
     for lo in range(0, n, batch):
         hi = min(n, lo + batch)
         modalities = _contexts(runner, cfg, tokenizer, faces, lo, hi)
         for m in names:
             t0 = time.perf_counter()
-            res, _ = run_method(by_name[m], runner, modalities, x_T[lo:hi], noise[:, lo:hi].contiguous(), table, cfg)
+            res, _ = run_method(by_name[m], runner, modalities, x_T[lo:hi], noise[:, lo:hi].contiguous(), table, cfg,
+                                **sampling.loop_options())
+            skipped[m] += res.skipped * (hi - lo)  # a skipped call skips every item of its batch
             images[m].append(decode(runner, res.z0)[1])
             seconds[m] += time.perf_counter() - t0
             if progress is not None:
                 progress(f"{m}: {hi}/{n}")
     result = {"n": n, "seed": seed, "steps": int(table.num_steps), "sampler": sampling.sampler, "eta": table.eta,
+              "gate": sampling.gate, "cache_interval": sampling.cache_interval,
               "n_ref": max(n_ref, 2), "shaping": bool(cfg.shaping),
               "guidance": {m.name: m.guidance for m in cfg.modalities},
               "real": score(nets, faces["images"], faces, ref_features), "methods": {}}
     counts = {m: {} for m in names}
     for m in names:
         result["methods"][m] = {**score(nets, np.concatenate(images[m]), faces, ref_features, counts[m]),
-                                "seconds": round(seconds[m], 2)}
+                                "seconds": round(seconds[m], 2),
+                                "unet_calls_per_image": round(len(by_name[m].kinds) * table.num_steps
+                                                              - skipped[m] / n, 3),
+                                "full_unet_calls_per_image": len(by_name[m].kinds)
+                                * -(-table.num_steps // sampling.cache_interval)}  # the others: shallow paths
     if "collaborative" in names and len(names) > 1:
-        result["paired"] = paired(counts, "collaborative", ref_features)
+        result["paired"] = paired(counts, "collaborative", ref_features, bootstrap_progress)
     return result
 
 
