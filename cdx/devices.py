@@ -24,3 +24,27 @@ def check_device(device: str) -> torch.device:
     if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise InputError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA devices")
     return dev
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """The memory that can be allocated on `device` now (CUDA: free device memory; CPU: the kernel's
+    MemAvailable); None where it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_free_memory(need: int, device: torch.device | None, what: str, fix: str) -> None:
+    """Refuse (InputError) work estimated to need `need` bytes where `device` (None: the CPU) has less free."""
+    device = device or torch.device("cpu")
+    free = free_bytes(device)
+    if free is not None and need > free:
+        raise InputError(f"{what}: needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on {device}; "
+                         f"{fix}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from .defaults import cache_dir
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -31,8 +31,10 @@ def _record_path(folder: Path) -> Path:
 
 
 def _read_record(path: Path) -> dict:
+    """The record at `path`; {} when it is missing or unreadable (nested too deeply to parse included): it is
+    then written again from the files' hashes."""
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}

@@ -45,6 +45,26 @@ def atomic_path(path: str | os.PathLike):
         os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def atomic_paths(paths):
+    """Yield {path: temporary path} for several files written as one set: each temporary (not yet created) is
+    in a claimed folder beside its target; only when the block succeeds are they all renamed into place, so a
+    failure half-way (a full disk) leaves every target as it was and no temporary behind."""
+    paths = [Path(p) for p in paths]
+    with contextlib.ExitStack() as stack:
+        folders = {}
+        for parent in dict.fromkeys(p.parent for p in paths):
+            remove_stale(parent)
+            first = next(p for p in paths if p.parent == parent)
+            folders[parent] = stack.enter_context(_claim(parent, first.name))
+        tmps = {p: folders[p.parent] / f"{i}-{p.name}" for i, p in enumerate(paths)}
+        yield tmps
+        for tmp in tmps.values():
+            os.chmod(tmp, 0o666 & ~_umask())
+        for p, tmp in tmps.items():
+            os.replace(tmp, p)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
@@ -52,6 +72,28 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def loads_json(data: bytes | str):
+    """json.loads, with every way text can fail to be JSON a ValueError: nesting too deep for the parser
+    (RecursionError) included."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to parse") from None
+
+
+def read_json(path: str | os.PathLike, limit: int = _MAX_MANIFEST):
+    """The JSON document in the regular file `path` (at most `limit` bytes). ValueError: not JSON (malformed,
+    not UTF-8, nested too deeply, too large); OSError: missing, not a regular file, unreadable."""
+    p = Path(path)
+    if not p.is_file():  # never open a FIFO or a device, which could block or never end
+        raise FileNotFoundError(errno.ENOENT, "not a regular file", str(p))
+    with open(p, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return loads_json(data)
 
 
 def probe_writable(folder: str | os.PathLike, what: str) -> None:
@@ -87,8 +129,7 @@ def artifact_format(folder: str | os.PathLike) -> str | None:
         try:
             if not m.is_file():  # not a FIFO or a device that would block a read
                 continue
-            with open(m, "rb") as f:
-                data = json.loads(f.read(_MAX_MANIFEST))
+            data = read_json(m)
         except (OSError, ValueError):
             continue
         if isinstance(data, dict) and data.get("format") == fmt:

@@ -45,3 +45,22 @@ def check_bool(value, what: str) -> bool | None:
     if value is not None and not isinstance(value, (bool, np.bool_)):
         raise InputError(f"{what} {value!r}: expected True, False or None")
     return None if value is None else bool(value)
+
+
+MAX_PIXELS = 40 * 10**6  # an input image with more pixels than this is refused before it is decoded
+
+
+def check_image_size(width: int, height: int, where: str, resize_short_side: int | None = None) -> None:
+    """Refuse, from an image header's size alone (before any decoding), an empty image, one of more than
+    MAX_PIXELS pixels, or one whose short side resized to `resize_short_side` would have more than that."""
+    if width <= 0 or height <= 0:
+        raise InputError(f"{where}: the image is empty ({width}x{height})")
+    limit = f"at most {MAX_PIXELS // 10**6} megapixels"
+    if width * height > MAX_PIXELS:
+        raise InputError(f"{where}: {width}x{height} is too many pixels to decode ({limit})")
+    if resize_short_side is not None:
+        s = resize_short_side
+        resized = s * s * max(width, height) / min(width, height)
+        if resized > MAX_PIXELS:
+            raise InputError(f"{where}: {width}x{height} is too elongated: its short side resized to {s} pixels "
+                             f"would make {resized / 10**6:.0f} megapixels ({limit})")

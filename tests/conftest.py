@@ -23,8 +23,37 @@ def tensorrt_missing() -> str | None:
     return None if ok else why
 
 
+# The slow tests, measured (`pytest --durations=80` on the 2-core EPYC while it was shared: each over about
+# 8 s there, 3-4 s on a quiet machine) and the modules that start servers or several processes: what
+# `pytest -m "not slow"` leaves out. A test file may also mark its own tests with @pytest.mark.slow.
+SLOW_MODULES = ("test_serve.py", "test_train_dist.py", "test_backends_openvino_int8.py", "test_deepcache.py")
+SLOW_TESTS = (
+    "test_bench_all_covers_every_registered_backend", "test_splices_meet_collaborative_and_no_temporal",
+    "test_train_init_from_a_bundle", "test_compiled_matches_eager_on_the_cpu", "test_train_stages_assemble_and_run",
+    "test_first_use_export_survives_a_killed_run", "test_a_tampered_cache_entry_is_exported_again",
+    "test_head_pad_is_exact_through_onnx_runtime", "test_freeu_through_onnxruntime_matches_torch",
+    "test_onnx_auto_backend_exports_into_cache", "test_verify_export_equals_a_direct_onnxruntime_comparison",
+    "test_train_data_is_the_same_from_several_processes", "test_openvino_runs_freeu_as_torch_does",
+    "test_train_vae_loss_falls_on_a_fixed_batch", "test_edit_with_a_guided_collaborator_agrees_across_backends",
+    "test_exported_sketch_encoder_matches_torch", "test_three_modalities_through_the_api_on_torch_and_onnxruntime",
+    "test_train_diffusers_loss_falls_and_collaborators_stay_frozen", "test_killed_and_terminated_exports_leave",
+    "test_runtime_guidance_overrides_the_bundle", "test_polygraphy_cli_compares_saved_reference_outputs",
+    "test_edit_reexport_has_the_engines_initializer_names", "test_edit_cli_state_reuse_and_backends",
+    "test_openvino_bf16_runs_in_bf16_close_to_fp32", "test_openvino_and_torch_same_image",
+    "test_eval_command_writes_json_and_markdown", "test_readme_api_example_runs_as_written",
+    "test_freeu_image_through_onnx_runtime_matches_torch", "test_poisoned_copies_of_the_shipped_model",
+    "test_eval_command_methods_all_plus_an_extra", "test_eval_takes_a_benchmarks_own_method",
+    "test_head_pad_official_head_sizes_are_exact_in_torch", "test_train_collaborator_loss_falls_on_a_fixed_batch",
+    "test_head_pad_tiny_preset_is_already_aligned", "test_edit_on_tensorrt_refuses_engines_that_share_no_weight",
+    "test_intermediates_are_each_steps_predicted_x0", "test_guided_bundle_through_onnx_matches_torch",
+    "test_openvino_matches_onnxruntime_per_network", "test_a_multistep_sampler_through_the_api",
+)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
+        if item.fspath.basename in SLOW_MODULES or item.name.startswith(SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("gpu") and not HAS_CUDA:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
         elif item.get_closest_marker("tensorrt") and tensorrt_missing():

@@ -403,8 +403,9 @@ def known_words_bundle(tmp_path_factory):
 @pytest.mark.parametrize("caption, recorded, named", [
     ("", False, "the caption is empty"), ("   ", False, "the caption is empty"),
     ("zzqx blorf", True, "none of the caption's words mean anything to it: 'zzqx', 'blorf'"),
-    (CAPTION.replace("beard", "moustache"), True, "'moustache': the model never saw them in training"),
-    ("This man has a beard \U0001F642", False, "'\U0001F642': the text encoder's vocabulary cannot spell them"),
+    (CAPTION.replace("beard", "moustache"), True, "'moustache': the model never saw it in training"),
+    (CAPTION.replace("beard", "moustache and a cape"), True, "'cape': the model never saw them in"),
+    ("This man has a beard \U0001F642", False, "'\U0001F642': the text encoder's vocabulary cannot spell it"),
 ])
 def test_empty_or_unknown_caption_warns(tiny_bundle, known_words_bundle, tmp_path, caption, recorded,
                                                 named):
@@ -429,5 +430,87 @@ def test_the_shipped_model_names_the_words_it_never_saw():
 
     cfg = config_of(None)
     assert {"grey", "blond", "lipstick"} <= set(cfg.modality("text").vocabulary)
-    with pytest.warns(UserWarning, match="'gray': the model never saw them in training"):
+    with pytest.warns(UserWarning, match="'gray': the model never saw it in training") as caught:
         make_request(cfg, text="This woman has gray hair.")
+    assert caught[0].filename == __file__  # the caller's line, not cdx's
+
+
+# --- every output path checked against every input; a batch written as one set -----------------------------
+
+def test_bench_eval_and_assemble_outputs_never_replace_inputs(tiny_bundle, tiny_export, tmp_path, real_mask):
+    mask = tmp_path / "mask.png"
+    mask.write_bytes(real_mask.read_bytes())
+    bench = ["bench", "--checkpoint", tiny_bundle, "--backends", "torch", "--steps", 1, "--runs", 1]
+    for flag in ("--json", "--plot"):
+        refused_and_unchanged(tmp_path, [*bench, "--mask", mask, flag, mask], flag, "--mask")
+    export = copy_tree(tiny_export, tmp_path / "export")
+    refused_and_unchanged(tmp_path, ["bench", "--engine-dir", export, "--backends", "onnxruntime", "--steps", 1,
+                                     "--json", export / "manifest.json"], "--json", "--engine-dir")
+    bundle = copy_tree(tiny_bundle, tmp_path / "bundle")
+    refused_and_unchanged(tmp_path, ["eval", "--checkpoint", bundle, "--n", 50, "--json", bundle / "bundle.json"],
+                          "--json", "--checkpoint")
+    refused_and_unchanged(tmp_path, ["train", "assemble", "--from-bundle", bundle, "--out", tmp_path], "--out",
+                          "holds")
+    refused_and_unchanged(tmp_path, ["run", "--backend", "torch", "--checkpoint", bundle, "--text", CAPTION,
+                                     "--out", mask, "--grid", mask], "--grid")
+
+
+def test_a_batch_is_written_as_one_set(tiny_bundle, tmp_path, monkeypatch):
+    """--batch 3 --out face.png writes face-0..2.png (and the grid) all or nothing: a full disk on the third
+    leaves the user's earlier face-0.png as it was, and no partial or temporary file."""
+    mine = tmp_path / "face-0.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(mine)
+    before = mine.read_bytes()
+    real_save, calls = Image.Image.save, []
+
+    def full_on_third(self, fp, *a, **k):
+        calls.append(fp)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, fp, *a, **k)
+
+    monkeypatch.setattr(Image.Image, "save", full_on_third)
+    r = cli(*run_args(tiny_bundle, tmp_path / "face.png", "--batch", 3, "--grid", tmp_path / "grid.png"))
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "no space left" in r.stderr
+    assert mine.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["face-0.png"]
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    r = cli(*run_args(tiny_bundle, tmp_path / "face.png", "--batch", 3, "--grid", tmp_path / "grid.png"))
+    assert r.exit_code == 0, r.output
+    assert mine.read_bytes() != before and sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == [
+        "face-0.png", "face-1.png", "face-2.png", "grid.png"]
+
+
+# --- values bounded: FreeU factors, captions that are not text, memory before a bench allocates ------------
+
+@pytest.mark.parametrize("factors", ["1e30,1,1,1", "1.1,1.2,1,-0.5", "nan,1,1,1", "1.1,1.2,1,inf", "2.5,1,1,1"])
+def test_freeu_factors_bounded(tiny_bundle, tmp_path, factors):
+    refused_and_unchanged(tmp_path, run_args(tiny_bundle, tmp_path / "o.png", "--freeu", factors), "--freeu",
+                          "[0, 2]")
+
+
+def test_freeu_factors_in_a_bundle_config_bounded(tiny_bundle, tmp_path):
+    ckpt = copy_tree(tiny_bundle, tmp_path / "b")
+    edit_json(ckpt / "bundle.json", lambda m: {**m, "config": {**m["config"], "freeu": [1e30, 1, 1, 1]}})
+    refused_and_unchanged(tmp_path, run_args(ckpt, tmp_path / "o.png"), "bundle.json", "freeu")
+
+
+@pytest.mark.parametrize("caption", ["a man \udcff", "\udcc3\udca9t\udce9"])
+def test_caption_that_is_not_text(tiny_bundle, tmp_path, caption):
+    args = ["run", "--backend", "torch", "--checkpoint", tiny_bundle, "--text", caption, "--steps", 1,
+            "--out", tmp_path / "o.png"]
+    refused_and_unchanged(tmp_path, args, "not valid text")
+
+
+@pytest.mark.parametrize("extra", [["--batch", 100_000], ["--batch", "1,4,200000"],
+                                   ["--variants", "default", "--device", "cpu", "--batch", 100_000]])
+def test_bench_memory_checked_before_allocating(tiny_bundle, tmp_path, extra):
+    import resource
+
+    args = ["bench", "--backends", "torch", "--steps", 1, "--runs", 1, "--warmup", 0, *extra]
+    if "--variants" not in extra:
+        args += ["--checkpoint", tiny_bundle]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    refused_and_unchanged(tmp_path, args, "--batch", "GiB", "smaller --batch")
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 500  # MB: nothing allocated

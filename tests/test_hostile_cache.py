@@ -3,6 +3,7 @@ to poison the export cache; a tampered cache entry is exported again, a foreign 
 temporary folders of killed writers are removed by the next writer in that folder."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -184,3 +185,82 @@ def test_released_claims_restore_a_target_caught_between_its_renames(tmp_path):
         io.release_all_claims()
         assert (target / "bundle.json").read_text() == "old" and not tmp.exists() and not io._CLAIMED
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+# --- the OpenVINO backend's compiled blobs: checked on use, a damaged one compiled again -------------------
+
+def _ov_render(out, cache, ckpt):
+    args = ["run", "--backend", "openvino", "--checkpoint", ckpt, "--text", CAPTION, "--steps", 2, "--seed", 3,
+            "--out", out]
+    r = cli(*args, env={"CDX_CACHE": str(cache)})
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    return r, out.read_bytes()
+
+
+def _blobs(cache):
+    (folder,) = (cache / "openvino").iterdir()
+    return sorted(folder.glob("cdx-*.blob"))
+
+
+def _zero_block(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3: len(data) // 3 + 4096] = bytes(b ^ 0x5A for b in data[len(data) // 3: len(data) // 3 + 4096])
+    path.write_bytes(bytes(data))
+
+
+BLOB_DAMAGE = {
+    "block_changed": _zero_block,
+    "byte_flipped_mtime_kept": flip_byte,
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:-1000]),
+    "empty": lambda p: p.write_bytes(b""),
+    "record_nested_too_deeply": lambda p: p.with_suffix(".json").write_text("[" * 100_000),
+    "record_not_json": lambda p: p.with_suffix(".json").write_bytes(b"\xff\xfe{"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(BLOB_DAMAGE))
+def test_a_damaged_openvino_blob_is_compiled_again_and_the_image_is_right(tiny_bundle, tmp_path, damage):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'cdx[openvino]')")
+    cache = tmp_path / "cache"
+    _, clean = _ov_render(tmp_path / "clean.png", cache, tiny_bundle)
+    blobs = _blobs(cache)
+    assert blobs and all(b.with_suffix(".json").is_file() for b in blobs)
+    for b in blobs:
+        BLOB_DAMAGE[damage](b)
+    r, again = _ov_render(tmp_path / "again.png", cache, tiny_bundle)
+    assert again == clean  # the right image, not what the damaged blobs would give
+    notices = [ln for ln in r.stderr.replace("\r", "\n").splitlines() if "openvino cache:" in ln]
+    assert len(notices) == len(blobs) and all("compiling it again" in ln or "writing it again" in ln
+                                              for ln in notices), r.stderr
+    for b in _blobs(cache):  # rebuilt: each blob is again the bytes its record names
+        rec = json.loads(b.with_suffix(".json").read_text())
+        assert rec["sha256"] == hashlib.sha256(b.read_bytes()).hexdigest()
+    r, third = _ov_render(tmp_path / "third.png", cache, tiny_bundle)
+    assert third == clean and "openvino cache:" not in r.stderr  # nothing to rebuild any more
+
+
+def test_an_openvino_blob_cdx_did_not_record_is_left_alone(tiny_bundle, tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'cdx[openvino]')")
+    cache = tmp_path / "cache"
+    _, clean = _ov_render(tmp_path / "clean.png", cache, tiny_bundle)
+    blob = _blobs(cache)[0]
+    blob.with_suffix(".json").unlink()  # a blob without cdx's record is not cdx's: never replaced
+    blob.write_bytes(b"someone else's file")
+    folder = snapshot(blob.parent)
+    r, again = _ov_render(tmp_path / "again.png", cache, tiny_bundle)
+    assert again == clean and snapshot(blob.parent) == folder
+    assert "was not written by cdx; left alone" in r.stderr
+
+
+def test_unreadable_hash_records_are_written_again(tiny_bundle, shipped, cache, tmp_path):
+    """The verified-hash records (cache/verified/*.json) are cdx's own: malformed or nested too deeply to parse,
+    they are rebuilt, and every run still gives the right image."""
+    records = sorted((cache / "verified").glob("*.json"))
+    key = hashlib.sha256(str(DEFAULT_MODEL.resolve()).encode()).hexdigest()[:32]  # cdx.integrity's record name
+    shipped_record = cache / "verified" / f"{key}.json"
+    assert shipped_record in records
+    for doc in ("[" * 100_000, "{not json"):
+        for rec in records:
+            rec.write_text(doc)
+        assert render(tmp_path / "again.png", cache) == shipped
+        assert isinstance(json.loads(shipped_record.read_text()), dict)  # the shipped model's record: rebuilt

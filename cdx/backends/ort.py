@@ -13,13 +13,17 @@ from ..export.manifest import read_export_manifest, reexport_hint
 from ..export.spec import network_specs
 from ..models.bundle import bundle_hash
 from ..models.config import ModelConfig
+from ..privacy import onnxruntime_imported, telemetry_off
 from . import checks
 from .registry import Backend, BackendRequest, Runner, register_backend
+
+telemetry_off()  # before any import of onnxruntime: no device id under ~/.cache/Microsoft, no usage events
 
 
 def ort_providers() -> list[str]:
     import onnxruntime as ort
 
+    onnxruntime_imported(ort)
     have = ort.get_available_providers()
     if "CUDAExecutionProvider" in have and torch.cuda.is_available():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -127,7 +131,7 @@ def _ort_factory(req: BackendRequest) -> Runner:
         runner = OrtRunner(req.engine_dir, expect_bundle_hash=expect, providers=providers)
         checks.check_built_in(runner, req)
         return runner
-    folder = cached_export(req.checkpoint, req.progress, req.guidance, req.freeu)
+    folder = cached_export(req.checkpoint, req.progress, req.guidance, req.freeu, req.feature_cache)
     return OrtRunner(folder, expect_bundle_hash=bundle_hash(req.checkpoint), providers=providers)
 
 

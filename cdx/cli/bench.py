@@ -1,13 +1,15 @@
 """`cdx bench`: latency per network, per step and end to end, per backend."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
 
 import click
 
-from .options import checkpoint_option
+from ..sampling.settings import Sampling
+from .options import check_distinct, checkpoint_option, sampling_options
 
 STAGES = ("networks", "step", "end_to_end")
 
@@ -41,27 +43,33 @@ def random_bundle(preset: str) -> Path:
               help="Bench the GPU variants of the loop instead of backends: default, all, or comma-separated "
                    "names (cdx.bench.variants). Random weights; --device cpu makes it a dry run.")
 @click.option("--batch", default="1", show_default=True, help="Batch size, or comma-separated sizes.")
-@click.option("--steps", type=int, default=10, show_default=True)
-@click.option("--runs", type=int, default=5, show_default=True)
-@click.option("--warmup", type=int, default=1, show_default=True)
-@click.option("--stages", default="networks,step,end_to_end", show_default=True)
+@sampling_options(steps=10)
+@click.option("--isolate/--in-process", default=True, show_default=True,
+              help="Each backend in a process of its own (undisturbed by the others), or all in this one.")
+@click.option("--runs", type=int, default=5, show_default=True, help="Timed runs per measurement (the median is kept).")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs before the timed ones.")
+@click.option("--stages", default="networks,step,end_to_end", show_default=True,
+              help="Comma-separated: networks (each alone), step (one collaborative step), end_to_end.")
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="Mask for the end-to-end stage.")
 @click.option("--device", default=None, help="cpu or cuda (torch backend; --variants: cuda unless cpu is given).")
 @click.option("--engine-dir", type=click.Path(path_type=Path), default=None,
               help="An export or TensorRT engine folder to bench (the tensorrt backend needs one).")
 @click.option("--budget-s", type=float, default=None,
               help="--variants: start no variant after this many seconds (the others are recorded as skipped).")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write the results as JSON to this file.")
 @click.option("--markdown", "md_path", type=click.Path(path_type=Path), default=None,
               help="--variants: the report's table as Markdown too.")
-@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None)
-def bench(checkpoint, preset, backends, variants, batch, steps, runs, warmup, stages, mask, device, engine_dir,
-          budget_s, json_path, md_path, plot_path):
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
+              help="Draw the results into this image file (needs .[plot]: matplotlib).")
+def bench(checkpoint, preset, backends, variants, batch, isolate, runs, warmup, stages, mask, device, engine_dir,
+          budget_s, json_path, md_path, plot_path, **settings):
     """Median latency after warm-up, side by side for several backends (or GPU variants)."""
     from ..defaults import default_checkpoint
     from ..devices import check_device
     from ..backends import backend_names
-    from ..bench.harness import bench_runners, plot, report, table_text
+    from ..bench.harness import plot, report, table_text
+    from ..bench.isolate import add_costs, bench_backends
     from ..errors import InputError
     from ..io import atomic_write_text, check_output_file
 
@@ -71,13 +79,17 @@ def bench(checkpoint, preset, backends, variants, batch, steps, runs, warmup, st
         batches = [int(b) for b in batch.split(",")]
     except ValueError:
         raise InputError(f"--batch {batch}: give a batch size or comma-separated sizes") from None
-    if min(batches) < 1 or steps < 1 or runs < 1 or warmup < 0:
-        raise InputError("--batch, --steps and --runs must be >= 1, --warmup >= 0")
+    if min(batches) < 1 or runs < 1 or warmup < 0:
+        raise InputError("--batch and --runs must be >= 1, --warmup >= 0")
+    sampling = Sampling.of(**settings)
+    steps = sampling.steps
     if plot_path and importlib.util.find_spec("matplotlib") is None:
         raise InputError("--plot needs matplotlib (pip install matplotlib); drop --plot to bench without it")
     for flag, p in (("--json", json_path), ("--markdown", md_path), ("--plot", plot_path)):
         if p is not None:
             check_output_file(p, flag)
+    check_distinct({"--json": json_path, "--markdown": md_path, "--plot": plot_path},
+                   {"--mask": mask, "--checkpoint": checkpoint, "--engine-dir": engine_dir})
     if variants is not None:
         if checkpoint:
             raise InputError("--variants benches random weights: give --preset, not --checkpoint")
@@ -89,6 +101,7 @@ def bench(checkpoint, preset, backends, variants, batch, steps, runs, warmup, st
             if not torch.cuda.is_available():
                 raise InputError("--variants measures GPU variants and no CUDA device is visible here; add "
                                  "--device cpu for a dry run")
+        _check_memory(_preset_config(preset or "official-256"), batches, steps, check_device(device or "cuda"))
         return bench_variants(variants, preset or "official-256", check_device(device or "cuda"), batches, steps,
                               runs, warmup, engine_dir, budget_s, json_path, md_path, plot_path)
     if md_path or budget_s is not None:
@@ -107,45 +120,45 @@ def bench(checkpoint, preset, backends, variants, batch, steps, runs, warmup, st
     stage_set = tuple(s.strip() for s in stages.split(","))
     if not stage_set or not set(stage_set) <= set(STAGES):
         raise InputError(f"--stages {stages}: choose from {', '.join(STAGES)}")
+    from ..api import config_of
+
+    cfg = _preset_config(preset) if preset else config_of(checkpoint or default_checkpoint(), engine_dir)
+    sampling = sampling.checked(cfg, flags=True)
+    _check_memory(cfg, batches, sampling.steps, check_device(device) if device is not None else None)  # before any work
     ckpt = random_bundle(preset) if preset else (checkpoint or default_checkpoint())
-    runners, skipped = _runners(names, every, ckpt, engine_dir, device)
-    results, detail = [], {}
-    for b in batches:
-        res, det = bench_runners(runners, preset or next(iter(runners.values())).cfg.preset, b, steps, runs,
-                                 warmup, stage_set, mask=mask, log=lambda s: click.echo(s, err=True))
-        results += res
-        detail.update(det if len(batches) == 1 else {f"{k} b={b}": v for k, v in det.items()})
+    results, detail, skipped = bench_backends(names, every, ckpt, engine_dir, device, preset, batches, sampling, runs,
+                                              warmup, stage_set, mask, isolate and len(names) > 1,
+                                              log=lambda s: click.echo(s, err=True))
+    peak = add_costs(detail, results, ckpt, sampling) if "end_to_end" in stage_set else None
     click.echo(table_text(results))
     if json_path:
-        atomic_write_text(json_path, json.dumps(report(results, detail, skipped=skipped, runs=runs, warmup=warmup),
-                                                indent=1))
+        rep = report(results, detail, skipped=skipped, runs=runs, warmup=warmup, isolated=isolate and len(names) > 1,
+                     sampling=dataclasses.asdict(sampling), peak_gflops=peak)
+        atomic_write_text(json_path, json.dumps(rep, indent=1))
         click.echo(f"wrote {json_path}")
     if plot_path:
         plot(results, plot_path)
         click.echo(f"wrote {plot_path}")
 
 
-def _runners(names, every: bool, ckpt, engine_dir, device) -> tuple[dict, dict]:
-    """({backend: runner}, {backend: why skipped}): with --backends all, a backend that cannot run is skipped."""
-    from ..backends import make_runner
-    from ..errors import CdxError
+def _preset_config(name: str):
+    from ..errors import InputError
+    from ..models.config import PRESETS, preset as get_preset
 
-    runners, skipped = {}, {}
-    for backend in names:
-        try:
-            runner, desc = make_runner(backend, ckpt, engine_dir, device,
-                                       progress=lambda n: click.echo(f"exporting {n} to ONNX (first use)", err=True))
-        except CdxError as e:
-            if not every:
-                raise
-            skipped[backend] = str(e)
-            click.echo(f"skipped {backend}: {e}", err=True)
-            continue
-        click.echo(desc, err=True)
-        runners[backend] = runner
-    if not runners:
-        raise CdxError("no backend could run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    return runners, skipped
+    if name not in PRESETS:
+        raise InputError(f"--preset {name}: unknown; choose one of {', '.join(PRESETS)}")
+    return get_preset(name)
+
+
+def _check_memory(cfg, batches, steps, device) -> None:
+    """Refuse a --batch whose working memory (the estimate a generation request is checked with) exceeds what
+    the device (None: the CPU) has free, before any model or tensor is allocated."""
+    from ..devices import check_free_memory
+    from ..sampling.request import estimate_bytes
+
+    b = max(batches)
+    check_free_memory(estimate_bytes(cfg, b, steps or 50, len(cfg.modalities), False), device, f"--batch {b}",
+                      "use a smaller --batch")
 
 
 def bench_variants(spec, preset, device, batches, steps, runs, warmup, engine_dir, budget_s, json_path, md_path,

@@ -7,28 +7,33 @@ import click
 
 from ..edit.optimise import EditConfig
 from ..errors import InputError
-from .options import (backend_option, check_output_path, checkpoint_option, grid, guidance_option, parse_guidance,
-                      sampling_from, sampling_options, save_image)
+from .options import (backend_option, check_distinct, check_output_path, checkpoint_option, guidance_option,
+                      parse_guidance, sampling_from, sampling_options, save_images)
 
 
 @click.command()
-@click.option("--image", type=click.Path(path_type=Path), required=True, help="The face to edit (any RGB image).")
+@click.option("--image", type=click.Path(path_type=Path), default=None,
+              help="The face to edit (any RGB image); not needed with --load-state.")
 @click.option("--text", default=None, help="Target caption.")
 @click.option("--mask", type=click.Path(path_type=Path), default=None, help="Target label-map PNG.")
-@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Image file: the edited face (a sweep of --alpha: one column per alpha, labelled).")
 @checkpoint_option
 @backend_option()
 @click.option("--engine-dir", type=click.Path(path_type=Path), default=None, help="TensorRT engines to refit.")
 @click.option("--alpha", default="0.9", show_default=True,
               help="Interpolation towards the target condition (comma-separated list for a sweep).")
-@click.option("--embed-steps", type=int, default=EditConfig.embed_steps, show_default=True)
+@click.option("--embed-steps", type=int, default=EditConfig.embed_steps, show_default=True,
+              help="Optimisation steps of the condition embeddings (Algorithm 3 (a)).")
 @click.option("--embed-lr", type=float, default=EditConfig.embed_lr, show_default=True, help="In (0, 1].")
-@click.option("--finetune-steps", type=int, default=EditConfig.finetune_steps, show_default=True)
+@click.option("--finetune-steps", type=int, default=EditConfig.finetune_steps, show_default=True,
+              help="Fine-tuning steps of the collaborators (Algorithm 3 (b)).")
 @click.option("--finetune-lr", type=float, default=EditConfig.finetune_lr, show_default=True, help="In (0, 1].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the optimisation and the noise.")
 @sampling_options()
 @guidance_option
-@click.option("--save-influence", type=click.Path(path_type=Path), default=None)
+@click.option("--save-influence", type=click.Path(path_type=Path), default=None,
+              help="PNG grid of the first alpha's influence maps: a row per modality, a column per chosen step.")
 @click.option("--save-state", type=click.Path(path_type=Path), default=None,
               help="Keep the optimised embeddings and fine-tuned weights here.")
 @click.option("--load-state", type=click.Path(path_type=Path), default=None,
@@ -50,13 +55,17 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
     guidance = parse_guidance(guidance)
     optimise = _edit_config(embed_steps, embed_lr, finetune_steps, finetune_lr, seed)
     check_seed(seed, "--seed")
-    _distinct({"--image": image, "--mask": mask, "--out": out, "--save-influence": save_influence})
     if save_state is not None and load_state is not None:
         raise InputError("--save-state with --load-state: the loaded state is saved already; drop one of them")
     if save_state is not None:
         check_folder_target(save_state, STATE_FORMAT, overwrite, "--save-state")  # before the optimisation
+    check_distinct({"--out": out, "--save-influence": save_influence, "--save-state": save_state},
+                   {"--image": image, "--mask": mask, "--checkpoint": checkpoint, "--engine-dir": engine_dir,
+                    "--load-state": load_state}, folders=("--save-state",))
     if text is None and mask is None and load_state is None:
         raise InputError("give --text, --mask or both (the target of the edit)")
+    if image is None and load_state is None:
+        raise InputError("give --image (the face to edit), or --load-state with a saved edit")
     if mask is not None:
         load_label_map(mask)
     check_output_path(out)
@@ -67,17 +76,19 @@ def edit(image, text, mask, out, checkpoint, backend, engine_dir, alpha, embed_s
     model = load_bundle(ckpt)
     model.cfg = guided_cfg(model.cfg, guidance)  # sampling only: the optimisation is unguided either way
     sampling = sampling_from(settings, model.cfg)
-    img = load_image(image, model.cfg.image_size)
+    img = None if load_state is not None else load_image(image, model.cfg.image_size)  # a loaded state has it
     state = _state(model, ckpt, img, image, text, mask, optimise, load_state, save_state, overwrite)
     images, influence, desc, timesteps = render_edit(model, state, alphas, backend, engine_dir, seed, sampling,
                                                      save_influence is not None)
     click.echo(desc, err=True)
-    save_image(out, grid(images))
-    click.echo(f"wrote {out} ({', '.join(state.names)} edited; alpha {', '.join(map(str, alphas))})")
-    if save_influence is not None:
-        from ..render import influence_grid
+    from ..render import influence_grid, labelled_strip
 
-        save_image(save_influence, influence_grid(influence, state.names, timesteps))
+    # the sweep: a column per alpha, labelled; the image and its influence grid are written as one set
+    outputs = [(out, images[0] if len(alphas) == 1 else labelled_strip(images, [f"alpha={a:g}" for a in alphas]))]
+    if save_influence is not None:
+        outputs.append((save_influence, influence_grid(influence, state.names, timesteps)))
+    save_images(outputs)
+    click.echo(f"wrote {out} ({', '.join(state.names)} edited; alpha {', '.join(map(str, alphas))})")
 
 
 def _edit_config(embed_steps, embed_lr, finetune_steps, finetune_lr, seed) -> EditConfig:
@@ -92,8 +103,6 @@ def _edit_config(embed_steps, embed_lr, finetune_steps, finetune_lr, seed) -> Ed
 
 def _state(model, ckpt, img, image, text, mask, optimise: EditConfig, load_state, save_state, overwrite):
     """The edit's state: loaded from --load-state, else optimised (Algorithm 3 (a), (b)) and maybe saved."""
-    from tqdm import tqdm
-
     from ..backends.pytorch.eager import TorchRunner
     from ..edit.optimise import load_state as read_state, run_edit, save_state as write_state
     from ..models.bundle import bundle_hash
@@ -107,10 +116,11 @@ def _state(model, ckpt, img, image, text, mask, optimise: EditConfig, load_state
         return state
     names, contexts = encode_conditions(TorchRunner(model), make_request(model.cfg, text=text, mask=mask))
     total = len(names) * (optimise.embed_steps + optimise.finetune_steps)
-    with tqdm(total=total, desc="optimising", unit="step", leave=False) as bar:
+    from .progress import Progress
+
+    with Progress("optimising", total=total) as bar:
         def progress(stage, loss):
-            bar.set_postfix_str(f"{stage} loss {loss:.4f}")
-            bar.update(1)
+            bar.update(1, postfix=f"{stage} loss {loss:.4f}")
         state = run_edit(model, img, dict(zip(names, contexts)), optimise, progress)
     if save_state is not None:
         write_state(state, save_state, {"bundle_hash": bundle_hash(ckpt), "image": str(image), "text": text,
@@ -118,17 +128,6 @@ def _state(model, ckpt, img, image, text, mask, optimise: EditConfig, load_state
         click.echo(f"wrote edit state {save_state}")
     return state
 
-
-def _distinct(paths: dict) -> None:
-    """Refuse an output path that is also an input (or another output) path."""
-    seen = {}
-    for flag, p in paths.items():
-        if p is None:
-            continue
-        key = Path(p).resolve()
-        if key in seen:
-            raise InputError(f"{flag} {p}: the same file as {seen[key]}; give another path")
-        seen[key] = flag
 
 
 def _alphas(text: str) -> list[float]:

@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from ..errors import InputError
-from ..io import atomic_path, probe_writable
+from ..io import atomic_path, atomic_paths, probe_writable
 
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
@@ -27,12 +27,57 @@ def check_output_path(path: str | os.PathLike, what: str = "--out") -> Path:
     return p
 
 
+def check_distinct(outputs: dict, inputs: dict, folders: tuple[str, ...] = (), into: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, an output path that would replace or remove what a command reads: an output
+    that is an input (by path, symbolic or hard link), an output file inside an input folder where a file
+    already is (a file of that artifact), an output folder in `folders` (replaced as a whole) that holds an
+    input; and two outputs that are one path. Outputs in `into` (folders written into, never replaced) are
+    only refused when they are an input. `outputs`, `inputs`: {flag: path or None}."""
+    ins = [(flag, Path(p), Path(p).resolve()) for flag, p in inputs.items() if p is not None]
+    seen: dict[Path, str] = {}
+    for flag, p in outputs.items():
+        if p is None:
+            continue
+        p = Path(p)
+        r = p.resolve()
+        for iflag, ip, ir in ins:
+            if r == ir or _same_file(p, ip):
+                raise InputError(f"{flag} {p}: the same file as {iflag} {ip}; choose another path")
+            if flag in into:
+                continue
+            if flag not in folders and ir in r.parents and os.path.lexists(r):
+                raise InputError(f"{flag} {p}: a file of {iflag} {ip}, which cdx reads; choose another path")
+            if flag in folders and r in ir.parents:
+                raise InputError(f"{flag} {p}: holds {iflag} {ip}, which cdx reads; choose another path")
+        if r in seen:
+            raise InputError(f"{flag} {p}: the same file as {seen[r]}; choose another path")
+        seen[r] = flag
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
 def save_image(path: Path, array: np.ndarray) -> None:
     """Write an (H, W, 3) or (H, W) uint8 array atomically."""
     from PIL import Image
 
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format=IMAGE_SUFFIXES[path.suffix.lower()])
+
+
+def save_images(images) -> None:
+    """Write several (path, (H, W, 3) or (H, W) uint8 array) as one set: all to temporary files first, then all
+    renamed into place; a failure half-way (a full disk) leaves every existing file as it was."""
+    from PIL import Image
+
+    images = list(images)
+    with atomic_paths([p for p, _ in images]) as tmps:
+        for path, array in images:
+            Image.fromarray(array).save(tmps[Path(path)], format=IMAGE_SUFFIXES[Path(path).suffix.lower()])
 
 
 def grid(images: np.ndarray, pad: int = 2) -> np.ndarray:
@@ -70,7 +115,7 @@ def parse_guidance(values) -> dict[str, float]:
             s = float(scale)
         except ValueError:
             s = None
-        if not sep or not name or s is None:
+        if not sep or not name or s is None or not s >= 0:
             raise InputError(f"--guidance {v}: expected MODALITY=SCALE with a scale >= 0, e.g. text=3")
         out[name] = check_float(s, f"--guidance {name}", *GUIDANCE_RANGE)
     return out
@@ -95,6 +140,8 @@ class BackendChoice(click.Choice):
 
 
 def backend_option(help: str | None = None):
+    help = help or ("Where the networks run: auto (the fastest usable here) or a backend by name (README, "
+                    "Backends).")
     return click.option("--backend", type=BackendChoice(), default="auto", show_default=True, help=help)
 
 

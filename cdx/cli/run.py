@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from .options import (backend_option, check_output_path, checkpoint_option, grid, guidance_option, parse_guidance,
-                      sampling_from, sampling_options, save_image)
+from .options import (backend_option, check_distinct, check_output_path, checkpoint_option, grid, guidance_option,
+                      parse_guidance, sampling_from, sampling_options, save_images)
 
 
 def parse_conds(values) -> dict[str, Path]:
@@ -22,20 +22,6 @@ def parse_conds(values) -> dict[str, Path]:
             raise InputError(f"--cond {name}: given twice")
         out[name] = Path(path)
     return out
-
-
-def check_distinct(outputs: dict[str, Path], inputs: dict[str, Path]) -> None:
-    """Refuse an output that is an input, or two outputs that are one file."""
-    from ..errors import InputError
-
-    seen: dict[Path, str] = {}
-    for what, p in inputs.items():
-        seen[p.resolve()] = what
-    for what, p in outputs.items():
-        r = p.resolve()
-        if r in seen:
-            raise InputError(f"{what} {p}: the same file as {seen[r]}; choose another path")
-        seen[r] = what
 
 
 @click.command()
@@ -77,6 +63,11 @@ def run(text, mask, conds, out, checkpoint, backend, engine_dir, seed, batch, gu
 
     guidance = parse_guidance(guidance)
     conditions = parse_conds(conds)
+    if text is None and mask is None and not conditions:
+        from ..errors import InputError
+
+        raise InputError("give a condition: --text CAPTION, --mask LABELMAP.png or both (--cond NAME=FILE for "
+                         "another modality of the model)")
     check_int(influence_steps, "--influence-steps", 1, 1000)
     check_int(batch, "--batch", 1, 1 << 20)
     paths = item_paths(out, batch)
@@ -87,8 +78,9 @@ def run(text, mask, conds, out, checkpoint, backend, engine_dir, seed, batch, gu
             outputs[what] = p
     for what, p in outputs.items():
         check_output_path(p, what.split()[0])
-    inputs = {"--mask": mask, **{f"--cond {k}": v for k, v in conditions.items()}}
-    check_distinct(outputs, {k: v for k, v in inputs.items() if v is not None})
+    inputs = {"--mask": mask, **{f"--cond {k}": v for k, v in conditions.items()}, "--checkpoint": checkpoint,
+              "--engine-dir": engine_dir}
+    check_distinct(outputs, inputs)
     # the request is checked, and its files decoded, before any model is loaded
     cfg = config_of(checkpoint, engine_dir)
     req = make_request(cfg, text=text, mask=mask, conditions=conditions, seed=seed,
@@ -102,37 +94,37 @@ def run(text, mask, conds, out, checkpoint, backend, engine_dir, seed, batch, gu
 
 
 def _generate(pipe, req):
-    from tqdm import tqdm
+    from .progress import Progress
 
-    with tqdm(desc="denoising", unit="step", leave=False) as bar:
-        def tick(i, total):
-            bar.total = total
-            bar.update(1)
-
-        return pipe.generate(req, callback=tick)
+    with Progress("denoising") as bar:  # a bar on a terminal, else one line
+        return pipe.generate(req, callback=lambda i, total: bar.update(1, total=total))
 
 
 def _write(result, paths, grid_path, save_influence, influence_steps, save_intermediates) -> None:
     from ..render import influence_grid, intermediates_grid
 
-    for p, image in zip(paths, result.arrays):
-        save_image(p, image)
+    images = list(zip(paths, result.arrays))  # the batch and its grids: one set, all or nothing
+    if grid_path is not None:
+        images.append((grid_path, grid(result.arrays)))
+    if save_influence is not None:
+        images.append((save_influence, influence_grid(result.influence, result.modalities, result.timesteps,
+                                                      columns=influence_steps)))
+    if save_intermediates is not None:
+        images.append((save_intermediates, intermediates_grid(result.intermediates, result.timesteps, rows=10)))
+    save_images(images)
     t = result.timings
     shown = f"{paths[0]}" if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
     click.echo(f"wrote {shown} ({', '.join(result.modalities)}; seeds {result.seeds[0]}"
                f"{'..' + str(result.seeds[-1]) if len(paths) > 1 else ''}, {len(result.timesteps)} steps)")
-    click.echo(f"latency: encode {t['encode_ms']:.0f} ms, denoise {t['loop_ms']:.0f} ms, decode {t['decode_ms']:.0f} ms",
+    click.echo(f"latency: encode {t['encode_ms']:.0f} ms, denoise {t['loop_ms']:.0f} ms, "
+               f"decode {t['decode_ms']:.0f} ms",
                err=True)
     if grid_path is not None:
-        save_image(grid_path, grid(result.arrays))
         click.echo(f"wrote {grid_path} (the batch side by side)")
     if save_influence is not None:
-        save_image(save_influence, influence_grid(result.influence, result.modalities, result.timesteps,
-                                                  columns=influence_steps))
         click.echo(f"wrote {save_influence} (rows: {', '.join(result.modalities)}; columns: t from "
                    f"{result.timesteps[0]} to {result.timesteps[-1]}; white = weight 1)")
     if save_intermediates is not None:
-        save_image(save_intermediates, intermediates_grid(result.intermediates, result.timesteps, rows=10))
         click.echo(f"wrote {save_intermediates} (predicted x0; rows: t, columns: items)")
 
 

@@ -21,17 +21,17 @@ from typing import Callable
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..models.schedule import alphas_cumprod, linear_betas
 from ..errors import InputError
 from ..integrity import file_sha256, verified_sha256
 from ..io import atomic_folder
-from ..models.bundle import is_sha256
+from ..models.bundle import is_sha256, save_tensors
 from ..models.collab import CollaborativeModel
+from ..validate import MAX_PIXELS  # an --image larger than this is refused before it is decoded
 
 STATE_FORMAT = "cdx-edit-state"
-MAX_PIXELS = 40 * 10**6  # an --image larger than this is refused before it is decoded
 
 
 @dataclass
@@ -174,9 +174,9 @@ def save_state(state: EditState, folder: str | os.PathLike, extra: dict, overwri
     with atomic_folder(folder, STATE_FORMAT, overwrite=overwrite, what="--save-state") as tmp:
         emb = {f"target.{n}": state.targets[n].contiguous() for n in state.names}
         emb.update({f"optimised.{n}": state.optimised[n].contiguous() for n in state.names})
-        save_file(emb, str(tmp / "embeddings.safetensors"))
+        save_tensors(emb, tmp / "embeddings.safetensors")
         for n, sd in state.unets.items():
-            save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / f"{n}_unet.safetensors"))
+            save_tensors({k: v.contiguous() for k, v in sd.items()}, tmp / f"{n}_unet.safetensors")
         files = {f.name: file_sha256(f) for f in sorted(tmp.glob("*.safetensors"))}
         (tmp / "edit.json").write_text(json.dumps({**state.meta, **extra, "files": files}, indent=1))
 

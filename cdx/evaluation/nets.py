@@ -32,6 +32,7 @@ from torch import nn
 
 from ..defaults import PACKAGE_DATA
 from ..errors import CdxError
+from ..io import read_json
 from ..synth import LEVELS
 
 NUM_CLASSES = 19
@@ -175,13 +176,20 @@ def load_eval_nets(folder: str | Path | None = None) -> EvalNets:
     if not (folder / MANIFEST).is_file():
         raise CdxError(f"{folder}: no evaluation networks ({MANIFEST} missing); make them with "
                        f"`python -m cdx.evaluation.train_nets --out {folder}`")
-    info = json.loads((folder / MANIFEST).read_text())
-    arch = info["architecture"]
-    parser = FaceParser(tuple(arch["parser"]["ch"]))
-    classifier = AttributeClassifier(tuple(arch["classifier"]["ch"]), arch["classifier"]["feature_dim"])
+    remake = f"make them again with `python -m cdx.evaluation.train_nets --out {folder}`"
+    try:
+        info = read_json(folder / MANIFEST)
+        arch = info["architecture"]
+        parser = FaceParser(tuple(arch["parser"]["ch"]))
+        classifier = AttributeClassifier(tuple(arch["classifier"]["ch"]), arch["classifier"]["feature_dim"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # nesting too deep: a ValueError
+        raise CdxError(f"{folder / MANIFEST}: malformed ({type(e).__name__}); {remake}") from None
     for name, net in (("parser", parser), ("classifier", classifier)):
-        state = load_file(str(folder / f"{name}.safetensors"))
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        net.load_state_dict(state)
+        try:
+            state = load_file(str(folder / f"{name}.safetensors"))
+            state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+            net.load_state_dict(state)
+        except Exception as e:  # noqa: BLE001 - a missing, truncated or foreign weights file
+            raise CdxError(f"{folder / name}.safetensors: unusable ({type(e).__name__}); {remake}") from None
         net.eval()
     return EvalNets(parser, classifier, info)

@@ -32,6 +32,15 @@ def manifest_hash(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
+def save_tensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """safetensors' `save_file`, the file then given the mode the user's umask gives a new file: safetensors
+    writes through a private temporary file (0600 whatever the umask), bundle.json beside it gets 0644."""
+    save_file(tensors, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_bundle(model: CollaborativeModel, out: str | os.PathLike, extra: dict | None = None,
                 dtype: torch.dtype = torch.float32, overwrite: bool = False) -> str:
     """Write `model` as a bundle folder at `out`, atomically; returns its hash. An existing `out` is replaced
@@ -44,7 +53,7 @@ def save_bundle(model: CollaborativeModel, out: str | os.PathLike, extra: dict |
             state = {k: v.detach().to(dtype if v.is_floating_point() else v.dtype).contiguous().cpu()
                      for k, v in net.state_dict().items()}
             path = tmp / f"{name}.safetensors"
-            save_file(state, str(path))
+            save_tensors(state, path)
             files[name] = {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size}
         manifest = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(), "files": files,
                     "extra": extra or {}}
@@ -75,6 +84,8 @@ def non_finite(obj, where: str = "") -> str | None:
 
 def checked_config(d, source: str, rebuild: str) -> ModelConfig:
     """A manifest's `config` as a ModelConfig, or one line naming `source` and how to rebuild it."""
+    from .freeu import FREEU_MAX
+
     def bad(why):
         return StaleArtifactError(f"{source}: malformed model config ({why}); {rebuild}")
 
@@ -95,6 +106,7 @@ def checked_config(d, source: str, rebuild: str) -> ModelConfig:
         (isinstance(cfg.eta, (int, float)) and 0 <= cfg.eta <= 1, "eta"),
         (len(cfg.latent_size) == 2 and all(is_count(v) and 0 < v <= 4096 for v in cfg.latent_size), "latent_size"),
         (len(cfg.modalities) >= 1 and len({m.name for m in cfg.modalities}) == len(cfg.modalities), "modalities"),
+        (cfg.freeu is None or (len(cfg.freeu) == 4 and all(0 <= v <= FREEU_MAX for v in cfg.freeu)), "freeu"),
     ]
     from .modalities import kinds
 

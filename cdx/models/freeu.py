@@ -29,9 +29,14 @@ __all__ = ["FreeU", "apply_freeu", "remove_freeu", "parse_freeu", "fourier_filte
            "freeu_stages"]
 
 
+# Each factor lies in [0, FREEU_MAX]: the FreeU paper's settings are b in [1, 1.6] and s in [0.2, 1] (the official
+# Collaborative Diffusion scripts: 1.1, 1.2, 1, 1); far larger factors only overflow the decoder (a black image).
+FREEU_MAX = 2.0
+
+
 @dataclass(frozen=True)
 class FreeU:
-    """Backbone factors b1, b2 and skip factors s1, s2 of decoder stages 1 and 2."""
+    """Backbone factors b1, b2 and skip factors s1, s2 of decoder stages 1 and 2, each in [0, FREEU_MAX]."""
 
     b1: float = 1.1
     b2: float = 1.2
@@ -42,8 +47,10 @@ class FreeU:
     def __post_init__(self):
         for name in ("b1", "b2", "s1", "s2"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise InputError(f"FreeU {name} = {v!r}: must be a finite number >= 0")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or not 0 <= v <= FREEU_MAX:
+                raise InputError(f"FreeU {name} = {v!r}: must be a number in [0, {FREEU_MAX:g}] (the FreeU paper uses "
+                                 "b 1 to 1.6, s 0.2 to 1; official: 1.1,1.2,1,1)")
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, int) or self.threshold < 1:
             raise InputError(f"FreeU threshold = {self.threshold!r}: must be an integer >= 1")
 
@@ -57,7 +64,10 @@ def parse_freeu(text: str) -> FreeU:
         values = []
     if len(values) != 4:
         raise InputError(f"--freeu {text!r}: give four numbers b1,b2,s1,s2 (the official defaults: 1.1,1.2,1,1)")
-    return FreeU(*values)
+    try:
+        return FreeU(*values)
+    except InputError as e:
+        raise InputError(f"--freeu {text}: {e}") from None
 
 
 # ---------------------------------------------------------------- the Fourier filter

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..io import atomic_path
+from ..validate import check_image_size
 
 NUM_CLASSES = 19
 
@@ -148,10 +149,11 @@ def _rgb_to_ids(rgb: np.ndarray, where: str) -> np.ndarray:
 def load_label_map(path: str | os.PathLike) -> np.ndarray:
     """Read a mask PNG into a ``uint8 [H, W]`` map of class ids 0..18.
 
-    Accepted: a palette ('P') PNG whose indices are class ids (the official format), a grayscale
-    ('L', 'I', 16-bit or 1-bit) PNG of class ids, or an RGB/RGBA PNG whose every colour is a
-    CelebAMask-HQ palette colour (alpha is ignored). Any size is accepted (it is resized later),
-    but not an empty image. Raises ``InputError`` (message starts with the path) otherwise.
+    Accepted: a palette ('P') PNG whose indices are class ids (the official format), a grayscale PNG
+    of class ids at any bit depth (1, 2, 4, 8 or 16: the stored values are the ids, never rescaled), or an
+    RGB/RGBA PNG whose every colour is a CelebAMask-HQ palette colour (alpha is ignored). Any size up to
+    `cdx.validate.MAX_PIXELS` is accepted (it is resized later), but not an empty image. Raises
+    ``InputError`` (message starts with the path) otherwise.
     """
     p = Path(path)
     where = str(p)
@@ -161,17 +163,21 @@ def load_label_map(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{where}: mask path is not a regular file")
     try:
         with open(p, "rb") as f:
-            head = f.read(len(_PNG_SIGNATURE) + 16)  # signature + IHDR length, type, width, height
+            head = f.read(len(_PNG_SIGNATURE) + 18)  # signature + IHDR length, type, width, height, depth, colour
     except OSError as e:
         raise InputError(f"{where}: cannot read mask file ({e.strerror or e})") from None
     if head[: len(_PNG_SIGNATURE)] != _PNG_SIGNATURE:
         if not head:
             raise InputError(f"{where}: mask file is empty (0 bytes), expected a PNG")
         raise InputError(f"{where}: not a PNG file (bad signature); masks must be PNG images")
-    if len(head) == 24 and head[12:16] == b"IHDR":
+    grey_depth = None  # the bit depth of a greyscale PNG: PIL scales 1/2/4-bit grey values up to 8 bits
+    if len(head) >= 24 and head[12:16] == b"IHDR":
         width, height = struct.unpack(">II", head[16:24])
         if width == 0 or height == 0:
             raise InputError(f"{where}: mask image is empty ({width}x{height})")
+        check_image_size(width, height, where)  # before anything is decoded
+        if len(head) == 26 and head[25] in (0, 4):  # colour type 0 (grey) or 4 (grey + alpha)
+            grey_depth = head[24]
 
     try:
         # verify() walks every chunk to IEND and checks CRCs; load() then forces a full decode.
@@ -214,6 +220,8 @@ def load_label_map(path: str | os.PathLike) -> np.ndarray:
         return _rgb_to_ids(arr, where)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
+    elif grey_depth in (2, 4) and arr.dtype == np.uint8:  # the ids as stored, not PIL's 8-bit scaling of them
+        arr = arr // (255 // (2**grey_depth - 1))
     _check_ids(arr, f"{where}: {kind}")
     return np.ascontiguousarray(arr, dtype=np.uint8)
 
@@ -270,15 +278,21 @@ def _full_palette() -> list[int]:
     return flat
 
 
-def save_label_map(path: str | os.PathLike, label: np.ndarray) -> None:
-    """Write ``label`` (``[H, W]`` ids 0..18) as a palette PNG with the CelebAMask-HQ colours, atomically."""
+def label_map_image(label: np.ndarray) -> Image.Image:
+    """``label`` (``[H, W]`` ids 0..18) as a palette image with the CelebAMask-HQ colours (pixel value = id)."""
     a = _as_label(label)
-    p = Path(path)
-    if not p.parent.is_dir():
-        raise InputError(f"{p}: output folder {p.parent} does not exist")
     h, w = a.shape
     im = Image.frombytes("P", (w, h), a.tobytes())
     im.putpalette(_full_palette())
+    return im
+
+
+def save_label_map(path: str | os.PathLike, label: np.ndarray) -> None:
+    """Write ``label`` (``[H, W]`` ids 0..18) as a palette PNG with the CelebAMask-HQ colours, atomically."""
+    im = label_map_image(label)
+    p = Path(path)
+    if not p.parent.is_dir():
+        raise InputError(f"{p}: output folder {p.parent} does not exist")
     with atomic_path(p) as tmp:
         im.save(tmp, format="PNG")
 

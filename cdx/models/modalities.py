@@ -9,7 +9,6 @@ networks and tensors. Adding a kind is one subclass and one `register_kind` call
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, warn
 
 
 @dataclass(frozen=True)
@@ -73,6 +72,16 @@ class ModalityKind:
         return torch.from_numpy(np.asarray(self.null(m), dtype=dt)).unsqueeze(0).repeat(batch, *[1] * len(ins.shape))
 
 
+def check_text(value: str, where: str) -> None:
+    """Refuse a caption that is not valid text: lone surrogates, what Python makes of bytes that are not UTF-8
+    in a command line (or a JSON escape like \\udcff)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{where}: the caption is not valid text ({e.reason} at character {e.start}: bytes that "
+                         "are not UTF-8); give it as UTF-8 text") from None
+
+
 class TextKind(ModalityKind):
     kind = "text"
     cli_option = "--text"
@@ -103,14 +112,14 @@ class TextKind(ModalityKind):
     def parse(self, value, m, where):
         if not isinstance(value, str):
             raise InputError(f"{where}: expected a caption string, got {type(value).__name__}")
+        check_text(value, where)
         if not value.strip():
-            warnings.warn(f"{where}: the caption is empty; the text collaborator gets no condition", stacklevel=4)
+            warn(f"{where}: the caption is empty; the text collaborator gets no condition")
         else:
             self._warn_unseen(value, m, where)
         ids, truncated = self.tokenizer().encode([value])
         if truncated[0]:
-            warnings.warn(f"{where}: caption longer than {ids.shape[1]} tokens: truncated, as the official code "
-                          "does", stacklevel=4)
+            warn(f"{where}: caption longer than {ids.shape[1]} tokens: truncated, as the official code does")
         return ids[0]
 
     def null(self, m):
@@ -131,14 +140,15 @@ class TextKind(ModalityKind):
         if not unseen:
             return
         named = ", ".join(repr(w) for w in unseen[:12]) + (f" and {len(unseen) - 12} more" if len(unseen) > 12 else "")
+        them = "it" if len(unseen) == 1 else "them"
         if m.vocabulary is None:
-            why = "the text encoder's vocabulary cannot spell them ([UNK])"
+            why = f"the text encoder's vocabulary cannot spell {them} ([UNK])"
         else:
-            why = (f"the model never saw them in training (the {len(m.vocabulary)} words it knows are its "
+            why = (f"the model never saw {them} in training (the {len(m.vocabulary)} words it knows are its "
                    f"config's {m.name} vocabulary, in bundle.json)")
         whole = "none of the caption's words mean anything to it: " if len(unseen) == len(self.tokenizer().words(
             caption)) else ""
-        warnings.warn(f"{where}: {whole}{named}: {why}", stacklevel=5)
+        warn(f"{where}: {whole}{named}: {why}")
 
     def training_vocabulary(self, stored) -> tuple[str, ...]:
         """The sorted words of every caption in `stored` (arrays of token-id rows)."""
@@ -213,7 +223,8 @@ class SketchKind(ModalityKind):
         if isinstance(value, (str, os.PathLike)):
             value = _open_image(value, where)
         if isinstance(value, Image.Image):
-            arr = np.asarray(value.convert("L").resize((self.side, self.side), Image.BILINEAR), np.float32) / 255.0
+            grey = _pil_pixels(value, where, lambda im: im.convert("L").resize((self.side, self.side), Image.BILINEAR))
+            arr = np.asarray(grey, np.float32) / 255.0
         else:
             arr = np.asarray(value)
             if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
@@ -233,14 +244,30 @@ class SketchKind(ModalityKind):
 def _open_image(path, where):
     from PIL import Image, UnidentifiedImageError
 
+    from ..validate import check_image_size
+
     try:
         with Image.open(path) as im:
+            check_image_size(*im.size, f"{where} {path}")  # from the header, before decoding
             im.load()
             return im.copy()
     except FileNotFoundError:
         raise InputError(f"{where} {path}: no such file") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         raise InputError(f"{where} {path}: not a readable image ({type(e).__name__})") from None
+
+
+def _pil_pixels(image, where: str, read):
+    """`read(image)` for a PIL image a user gave: its size bounded first; a closed, truncated or otherwise
+    unreadable image is an InputError."""
+    from ..validate import check_image_size
+
+    check_image_size(*image.size, where)
+    try:
+        return read(image)
+    except (ValueError, OSError, AttributeError, SyntaxError, EOFError) as e:  # "Operation on closed image", ...
+        raise InputError(f"{where}: the PIL image cannot be read ({' '.join(str(e).split()) or type(e).__name__}); "
+                         "give an open image, a path or an array") from None
 
 
 def _label_map(value, where) -> np.ndarray:
@@ -254,11 +281,11 @@ def _label_map(value, where) -> np.ndarray:
         return load_label_map(value)
     if isinstance(value, Image.Image):
         if value.mode in ("RGB", "RGBA"):
-            return _rgb_to_ids(np.asarray(value)[..., :3], where)
+            return _rgb_to_ids(_pil_pixels(value, where, np.asarray)[..., :3], where)
         if value.mode not in ("P", "L", "1") and not value.mode.startswith("I"):
             raise InputError(f"{where}: a PIL label map must be a palette, greyscale or palette-coloured RGB "
                              f"image, got mode {value.mode}")
-        return np.asarray(value)
+        return _pil_pixels(value, where, np.asarray)
     if not isinstance(value, np.ndarray):
         raise InputError(f"{where}: expected {MaskKind.describe}, got {type(value).__name__}")
     return value

@@ -17,7 +17,7 @@ from safetensors.torch import safe_open, save_file
 from torch import nn
 
 from ..errors import CdxError, InputError, StaleArtifactError
-from ..io import atomic_path
+from ..io import atomic_path, loads_json
 from . import dist
 
 CKPT_FORMAT = "cdx-train-checkpoint"
@@ -50,7 +50,7 @@ def _read_with_doc(path: Path, key: str) -> tuple[dict[str, torch.Tensor], dict]
     with safe_open(str(path), framework="pt") as f:
         raw = (f.metadata() or {}).get(key)
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return tensors, json.loads(raw) if raw else {}
+    return tensors, loads_json(raw) if raw else {}  # malformed or nested too deeply: ValueError
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -124,9 +124,9 @@ def load_stage(path: str | os.PathLike, stage: str, rebuild: str) -> tuple[dict[
         raise CdxError(f"{path}: missing; run `{rebuild}` first")
     try:
         tensors, meta = _read_with_doc(path, "cdx_stage")
-    except (SafetensorError, OSError) as e:
-        raise StaleArtifactError(f"{path}: unreadable ({e}); rerun `{rebuild}`") from None
-    if meta.get("stage") != stage:
+    except (SafetensorError, OSError, ValueError) as e:
+        raise StaleArtifactError(f"{path}: unreadable ({' '.join(str(e).split())[:200]}); rerun `{rebuild}`") from None
+    if not isinstance(meta, dict) or meta.get("stage") != stage:
         raise StaleArtifactError(f"{path}: not a {stage} stage output; rerun `{rebuild}`")
     return tensors, meta
 

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from ..errors import InputError, StaleArtifactError
+from ..io import loads_json, read_json
 from ..models.modalities import EncoderInput, kind_of
 from .sources import SampleError, Source, field_value, load_image
 
 DATA_FORMAT = "cdx-train-data"
-DATA_VERSION = 1
+DATA_VERSION = 2  # 2: every shard's sha256 recorded and checked on use
 
 
 def synth_fingerprint() -> str:
@@ -97,12 +98,27 @@ def encode_sample(source: Source, i: int, mods, size: int) -> tuple[np.ndarray, 
 def read_manifest(folder: Path, fmt: str) -> dict:
     path = Path(folder) / "manifest.json"
     try:
-        doc = json.loads(path.read_text())
+        doc = read_json(path)
     except (OSError, ValueError) as e:
-        raise StaleArtifactError(f"{path}: unreadable ({e}); delete {folder} and train again") from None
+        raise StaleArtifactError(f"{path}: unreadable ({type(e).__name__}: {e}); delete {folder} and train "
+                                 "again") from None
     if not isinstance(doc, dict) or doc.get("format") != fmt or doc.get("version") != DATA_VERSION:
         raise StaleArtifactError(f"{path}: not a version-{DATA_VERSION} {fmt} manifest; delete {folder}")
     return doc
+
+
+def verify_files(folder: Path, recorded: dict) -> None:
+    """Every file of `recorded` {name: sha256} has the bytes cdx wrote (hashed once, then by stat); a damaged
+    one is a StaleArtifactError naming it."""
+    from ..integrity import verified_sha256
+    from ..models.bundle import is_sha256
+
+    if not isinstance(recorded, dict) or not all(isinstance(k, str) and is_sha256(v) for k, v in recorded.items()):
+        raise StaleArtifactError(f"{folder}/manifest.json: malformed file hashes; delete {folder}")
+    got = verified_sha256(folder, list(recorded))
+    for name, digest in recorded.items():
+        if got[name] != digest:
+            raise StaleArtifactError(f"{folder / name}: missing, truncated or modified since cdx wrote it")
 
 
 def alternative(index: int, epoch: int, seed: int, count: int) -> int:
@@ -124,19 +140,51 @@ def mapped(path: Path) -> dict[str, np.ndarray]:
     offsets, then the data) because a training step reads single rows of many shards, and safetensors'
     `get_slice` costs about a millisecond a row here, where a memory-mapped row is read at memory speed."""
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        size = path.stat().st_size
+            if not 2 <= n <= size - 8:
+                raise ValueError(f"header size {n} outside the file")
+            header = loads_json(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
         buf = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n, shape=(size - 8 - n,))
         out = {}
         for name, v in header.items():
             if name != "__metadata__":
                 lo, hi = v["data_offsets"]
+                if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi <= buf.shape[0]):
+                    raise ValueError(f"{name}: data offsets outside the file")
                 out[name] = buf[lo:hi].view(_DTYPES[v["dtype"]]).reshape(v["shape"])
         return out
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise StaleArtifactError(f"{path}: unreadable shard ({type(e).__name__}: {e}); delete {path.parent}") from None
+
+
+def _shard_problem(arrays: dict, offsets: dict, count: int, size: int, mods) -> str | None:
+    """What is wrong with one mapped shard (None: nothing)."""
+    image = arrays.get("image")
+    if image is None or image.dtype != np.uint8 or image.shape != (count, size, size, 3):
+        return f"images are not {count} x {size} x {size} x 3 uint8"
+    for m in mods:
+        ins = kind_of(m.kind).encoder_input(m)
+        values, off = arrays.get(m.name), offsets.get(f"{m.name}.offsets")
+        if values is None or off is None:
+            return f"no stored {m.name} values"
+        if (len(off) != count + 1 or off[0] != 0 or off[-1] != len(values)
+                or any(b <= a for a, b in zip(off, off[1:]))):
+            return f"{m.name}: damaged offsets"
+        if len(values) and tuple(values.shape[1:]) != (ins.shape[1:] if ins.values == "onehot" else ins.shape):
+            return f"{m.name}: stored values of shape {tuple(values.shape)}"
+        if len(values) and ins.values == "onehot" and (values.min() < 0 or values.max() >= ins.shape[0]):
+            return f"{m.name}: class ids outside 0..{ins.shape[0] - 1}"
+        vocab = getattr(getattr(m, "text", None), "vocab_size", None)
+        if len(values) and ins.values == "tokens" and (values.min() < 0 or (vocab and values.max() >= vocab)):
+            return f"{m.name}: token ids outside the vocabulary"
+        if len(values) and ins.values == "unit" and not (np.isfinite(values).all() and 0 <= values.min()
+                                                         and values.max() <= 1):
+            return f"{m.name}: values outside [0, 1]"
+    return None
 
 
 class ShardSet(torch.utils.data.Dataset):
@@ -155,9 +203,39 @@ class ShardSet(torch.utils.data.Dataset):
                 raise InputError(f"{self.folder}: the data has no {kind_of(m.kind).training_field} for modality "
                                  f"{m.name!r}")
         self.images, self.seed, self.epoch = images, seed, 0
-        counts = [s["count"] for s in self.manifest["shards"]]
-        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self._open: dict = {}
+        counts = self._check()
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        if self.latents is not None:
+            self._check_latents(counts)
+
+    def _check(self) -> list[int]:
+        """The shards' counts, after checking that each shard has the bytes cdx wrote and holds what its
+        manifest says: images of the recorded size, and for every modality offsets that index its values and
+        values its encoder takes (class ids below the class count, token ids in the vocabulary). A damaged
+        or inconsistent shard is a StaleArtifactError naming it (`prepare` makes the folder again)."""
+        man, where = self.manifest, f"{self.folder}/manifest.json"
+        shards, size = man.get("shards"), man.get("image_size")
+        ok = (isinstance(shards, list) and shards and isinstance(size, int) and isinstance(man.get("modalities"), dict)
+              and all(isinstance(e, dict) and isinstance(e.get("file"), str) and "/" not in e["file"]
+                      and isinstance(e.get("count"), int) and e["count"] >= 0 for e in shards))
+        if not ok:
+            raise StaleArtifactError(f"{where}: malformed shard list; delete {self.folder}")
+        verify_files(self.folder, {e["file"]: e.get("sha256") for e in shards})
+        for e in shards:
+            arrays, offsets = self._file(self.folder / e["file"])
+            why = _shard_problem(arrays, offsets, e["count"], size, self.mods)
+            if why:
+                raise StaleArtifactError(f"{self.folder / e['file']}: {why}; delete {self.folder}")
+        return [e["count"] for e in shards]
+
+    def _check_latents(self, counts: list[int]) -> None:
+        man = read_manifest(self.latents, "cdx-train-latents")
+        verify_files(self.latents, man.get("files"))
+        for s, n in enumerate(counts):
+            lat = self._file(self.latents / f"latents-{s:05d}.safetensors")[0].get("latent")
+            if lat is None or lat.ndim != 4 or lat.shape[0] != n or lat.dtype != np.float32:
+                raise StaleArtifactError(f"{self.latents}: latents of shard {s} do not match the data; delete it")
 
     def __len__(self) -> int:
         return int(self.starts[-1])

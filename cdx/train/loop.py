@@ -322,8 +322,9 @@ def train(name: str, model: nn.Module, loss_fn: LossFn, cfg: TrainConfig, data,
     objective = dist.wrap(Objective(model, loss_fn), device)
     t0 = last_ckpt = time.monotonic()
     run_loss, run_n = 0.0, 0
+    # the bar only on a terminal: in a log file each of its frames would repeat the step lines _log writes
     bar = tqdm(total=cfg.steps, initial=start, desc=name, unit="step", dynamic_ncols=True, file=sys.stderr,
-               mininterval=0.5 if sys.stderr.isatty() else 30.0, disable=d.rank != 0)
+               mininterval=0.5, disable=d.rank != 0 or not sys.stderr.isatty())
     model.train()
     step = start
     batches = _batches(data, cfg, micro, start) if start < cfg.steps else iter(())

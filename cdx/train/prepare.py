@@ -24,7 +24,9 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import InputError
+from ..integrity import file_sha256
 from ..io import TMP_TAG, _claim, atomic_path, atomic_write_text, remove_stale
+from ..models.bundle import save_tensors
 from ..models.modalities import kind_of
 from . import dist
 from .data import DATA_FORMAT, DATA_VERSION, ShardSet, encode_sample, read_manifest
@@ -77,22 +79,38 @@ def prepare(source: Source, mods, size: int, cache: Path, skip_bad: bool = False
     if not skip_bad:
         _bad(source.problems, skip_bad, source.root)  # before reading any file
     folder = Path(cache) / data_key(source, mods, size)
-    if not (folder / "manifest.json").is_file() and dist.is_main():
-        _write_data(source, mods, size, folder, skip_bad, workers)
+    if dist.is_main():
+        if not os.path.lexists(folder):
+            _write_data(source, mods, size, folder, skip_bad, workers)
+        elif (why := _damaged(folder, mods)) is not None:  # a folder of cdx's data cache, under cdx's key
+            dist.log(f"data cache: {why}; preparing it again")
+            _write_data(source, mods, size, folder, skip_bad, workers, replace=True)
     dist.barrier()
     data = ShardSet(folder, mods)
     _bad([Problem(p["name"], p["reason"]) for p in data.manifest["skipped"]], skip_bad, source.root)
     return data
 
 
-def _write_data(source, mods, size, folder: Path, skip_bad: bool, workers: int) -> None:
+def _damaged(folder: Path, mods) -> str | None:
+    """Why the prepared `folder` cannot be used (None: it can)."""
+    from ..errors import StaleArtifactError
+
+    try:
+        ShardSet(folder, mods)
+    except StaleArtifactError as e:
+        return " ".join(str(e).split("; delete ")[0].split())
+    return None
+
+
+def _write_data(source, mods, size, folder: Path, skip_bad: bool, workers: int, replace: bool = False) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(folder.parent)  # what killed runs left
     with _claim(folder.parent, folder.name) as tmp:  # ours alone while we hold its lock
-        _write_shards(source, mods, size, folder, tmp, skip_bad, workers)
+        _write_shards(source, mods, size, folder, tmp, skip_bad, workers, replace)
 
 
-def _write_shards(source, mods, size, folder: Path, tmp: Path, skip_bad: bool, workers: int) -> None:
+def _write_shards(source, mods, size, folder: Path, tmp: Path, skip_bad: bool, workers: int,
+                  replace: bool = False) -> None:
     bounds = list(range(0, len(source), SHARD)) + [len(source)]
     jobs = [(source, lo, hi, list(mods), size) for lo, hi in zip(bounds[:-1], bounds[1:])]
     dist.log(f"preparing {len(source)} samples of {source.describe()} at {size}px ({len(jobs)} shard(s))")
@@ -111,8 +129,8 @@ def _write_shards(source, mods, size, folder: Path, tmp: Path, skip_bad: bool, w
             if problems and not skip_bad:
                 break
             name = f"shard-{s:05d}.safetensors"
-            save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, str(tmp / name))
-            shards.append({"file": name, "count": int(arrays["image"].shape[0])})
+            save_tensors({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, tmp / name)
+            shards.append({"file": name, "count": int(arrays["image"].shape[0]), "sha256": file_sha256(tmp / name)})
     finally:
         if workers > 1:
             pool.terminate()
@@ -127,13 +145,20 @@ def _write_shards(source, mods, size, folder: Path, tmp: Path, skip_bad: bool, w
                     "modalities": {m.name: m.kind for m in mods}, "shards": shards,
                     "skipped": [{"name": p.name, "reason": p.reason} for p in source.problems + problems]}
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
-        _install(tmp, folder, DATA_FORMAT)
+        _install(tmp, folder, DATA_FORMAT, replace)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _install(tmp: Path, folder: Path, fmt: str) -> None:
-    """Rename the complete `tmp` to `folder`; when another run installed it first, keep theirs (equal)."""
+def _install(tmp: Path, folder: Path, fmt: str, replace: bool = False) -> None:
+    """Rename the complete `tmp` to `folder`; when another run installed it first, keep theirs (equal).
+    `replace`: `folder` is a damaged one of cdx's own, replaced (moved beside `tmp`, then removed)."""
+    if replace and os.path.lexists(folder):
+        old = tmp.with_name(tmp.name + ".old")  # removed with the claim, whatever happens next
+        os.rename(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return
     try:
         os.replace(tmp, folder)
     except OSError:
@@ -157,23 +182,39 @@ def latents(data: ShardSet, vae, vae_sha: str, work: Path, batch: int = 128) -> 
     """The folder of `data`'s unscaled latents under the autoencoder `vae` (sha256 `vae_sha`), encoded when
     missing: shard s by rank s mod world, then renamed into place by the main rank."""
     folder = Path(work) / "latents" / f"{data.folder.name}-{vae_sha[:16]}"
-    if (folder / "manifest.json").is_file():
-        read_manifest(folder, LATENTS_FORMAT)
-        return folder
+    replace = os.path.lexists(folder)
+    if replace:  # checked by the main rank, which every rank follows
+        why = _damaged_latents(data, folder) if dist.is_main() else None
+        if why is not None:
+            dist.log(f"latents cache: {why}; encoding them again")
+        if dist.broadcast_int(int(why is None)):
+            return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     if dist.is_main():
         remove_stale(folder.parent)
         with _claim(folder.parent, folder.name) as tmp:  # held by rank 0 while every rank writes into it
             dist.broadcast_int(int(tmp.name.rsplit(TMP_TAG, 1)[1], 16))
-            _encode(data, vae, vae_sha, folder, tmp, batch)
+            _encode(data, vae, vae_sha, folder, tmp, batch, replace)
     else:
         token = dist.broadcast_int(0)
-        _encode(data, vae, vae_sha, folder, folder.with_name(f".{folder.name[:96]}{TMP_TAG}{token:012x}"), batch)
+        _encode(data, vae, vae_sha, folder, folder.with_name(f".{folder.name[:96]}{TMP_TAG}{token:012x}"), batch,
+                replace)
     dist.barrier()
     return folder
 
 
-def _encode(data: ShardSet, vae, vae_sha: str, folder: Path, tmp: Path, batch: int) -> None:
+def _damaged_latents(data: ShardSet, folder: Path) -> str | None:
+    """Why the latents `folder` of `data` cannot be used (None: they can)."""
+    from ..errors import StaleArtifactError
+
+    try:
+        ShardSet(data.folder, latents=folder, images=False)
+    except StaleArtifactError as e:
+        return " ".join(str(e).split("; delete ")[0].split())
+    return None
+
+
+def _encode(data: ShardSet, vae, vae_sha: str, folder: Path, tmp: Path, batch: int, replace: bool = False) -> None:
     """This rank's shards of the latents into `tmp`; rank 0 then installs `tmp` as `folder`."""
     d = dist.current()
     dist.barrier()
@@ -191,7 +232,8 @@ def _encode(data: ShardSet, vae, vae_sha: str, folder: Path, tmp: Path, batch: i
             save_file({"latent": torch.cat(means).contiguous()}, str(part))
     dist.barrier()
     if d.rank == 0:
+        names = [f"latents-{s:05d}.safetensors" for s in range(len(shards))]
         manifest = {"format": LATENTS_FORMAT, "version": DATA_VERSION, "data": data.folder.name,
-                    "vae_sha256": vae_sha, "shards": len(shards)}
+                    "vae_sha256": vae_sha, "shards": len(shards), "files": {n: file_sha256(tmp / n) for n in names}}
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
-        _install(tmp, folder, LATENTS_FORMAT)
+        _install(tmp, folder, LATENTS_FORMAT, replace)

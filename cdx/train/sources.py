@@ -28,7 +28,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..devices import check_free_memory
 from ..errors import InputError
+from ..io import read_json
+from ..validate import check_image_size
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 OFFICIAL_CAPTIONS = "captions_hq_beard_and_age_2022-08-19.json"
@@ -115,10 +118,9 @@ def _listing(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
 
 def _read_json(path: Path) -> Any:
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not readable JSON ({e})") from None
+        return read_json(path, limit=1 << 30)
+    except (OSError, ValueError) as e:  # nesting too deep to parse is a ValueError too
+        raise InputError(f"{path}: not readable JSON ({' '.join(str(e).split())[:200]})") from None
 
 
 def _captions(value: Any) -> list | None:
@@ -244,9 +246,14 @@ def load_image(value, name: str, size: int) -> np.ndarray:
     else:
         try:
             with Image.open(value) as im:
+                check_image_size(*im.size, f"image {Path(value).name}", resize_short_side=size)  # before decoding
+                check_free_memory(_decode_bytes(*im.size, size), None, f"image {Path(value).name}",
+                                  "free some memory or shrink the image")
                 im.load()
                 img = im.convert("RGB")
-        except (OSError, Image.DecompressionBombError, ValueError) as e:
+        except InputError as e:
+            raise SampleError(name, str(e)) from None
+        except (OSError, Image.DecompressionBombError, ValueError, SyntaxError, EOFError) as e:
             raise SampleError(name, f"image {Path(value).name} is unreadable or truncated ({type(e).__name__})") \
                 from None
     w, h = img.size
@@ -256,6 +263,14 @@ def load_image(value, name: str, size: int) -> np.ndarray:
         x0, y0 = (w2 - size) // 2, (h2 - size) // 2
         img = img.crop((x0, y0, x0 + size, y0 + size))
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _decode_bytes(width: int, height: int, size: int) -> int:
+    """A generous estimate of the memory one image takes to decode and resize: the decoded pixels (up to 4
+    bytes each), an RGB copy, and the resized image with the resampler's float buffers."""
+    short = min(width, height)
+    resized = size * size * max(width, height) // max(short, 1)
+    return 8 * width * height + 16 * resized
 
 
 def field_value(fld: str, value, name: str):

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from ..io import atomic_write_text, probe_writable
+from ..io import atomic_write_text, probe_writable, read_json
 from . import dist
 
 KINDS = {"cdx-train-work": ("work.json", "cdx training work folder"),
@@ -22,8 +22,8 @@ VERSION = 1
 def _manifest(folder: Path, fmt: str) -> dict | None:
     path = folder / KINDS[fmt][0]
     try:
-        doc = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
+        doc = read_json(path) if path.is_file() else None
+    except (OSError, ValueError):  # malformed, not UTF-8, nested too deeply to parse: not a work folder of cdx's
         return None
     return doc if isinstance(doc, dict) and doc.get("format") == fmt else None
 
@@ -40,8 +40,8 @@ def check_folder(folder: str | os.PathLike, fmt: str, what: str) -> Path:
         except OSError as e:
             raise InputError(f"{what} {folder}: cannot read it ({e.strerror or e})") from None
         if not empty and _manifest(folder, fmt) is None:
-            raise InputError(f"{what} {folder}: exists and is not a {name} (no {KINDS[fmt][0]}); choose a new or "
-                             "empty folder (cdx never writes into a folder it did not make)")
+            raise InputError(f"{what} {folder}: exists and is not a {name} (no readable {KINDS[fmt][0]}); choose a "
+                             "new or empty folder (cdx never writes into a folder it did not make)")
     return folder
 
 

@@ -16,6 +16,7 @@ import torch
 
 from ...models.bundle import bundle_hash
 from ...export.cache import cached_export
+from ...privacy import telemetry_off
 from .. import checks
 from ..registry import Backend, BackendRequest, register_backend
 
@@ -34,6 +35,8 @@ def _why_not(req: BackendRequest) -> str | None:
     return None
 
 
+telemetry_off()  # before runner.py or int8.py import openvino (this package runs first): nothing in ~/intel
+
 X86 = ("x86_64", "amd64", "i686", "x86")
 
 
@@ -49,12 +52,16 @@ def _factory(req: BackendRequest, precision: str = "f32"):
     from .runner import OpenVinoRunner
 
     threads = req.options.get("threads")
+    if threads is not None:
+        from ...validate import check_int
+
+        threads = check_int(threads, "threads", 1, 4096)
     if req.engine_dir is not None:
         expect = bundle_hash(req.checkpoint) if req.checkpoint is not None else None  # refuse a foreign export
         runner = OpenVinoRunner(req.engine_dir, expect_bundle_hash=expect, threads=threads, precision=precision)
         checks.check_built_in(runner, req)
         return runner
-    folder = cached_export(req.checkpoint, req.progress, req.guidance, req.freeu)
+    folder = cached_export(req.checkpoint, req.progress, req.guidance, req.freeu, req.feature_cache)
     return OpenVinoRunner(folder, expect_bundle_hash=bundle_hash(req.checkpoint), threads=threads,
                           precision=precision)
 
@@ -98,10 +105,14 @@ def _int8_factory(req: BackendRequest):
     return runner
 
 
-register_backend(Backend("openvino", _why_not, _factory, _describe, _auto_why_not), before="onnxruntime")
+OPTIONS = ("threads",)  # INFERENCE_NUM_THREADS (default: every core)
+register_backend(Backend("openvino", _why_not, _factory, _describe, _auto_why_not, options=OPTIONS),
+                 before="onnxruntime")
 # int8 changes the image (its quality is measured by `cdx eval`, README): asked for by name, never by auto
 # bf16 changes the image too (README: its speed and quality beside fp32 and int8)
 register_backend(Backend("openvino-bf16", _bf16_why_not, lambda req: _factory(req, "bf16"), _describe,
-                         lambda req: "auto does not pick it (bf16 changes the image); ask for --backend openvino-bf16"))
+                         lambda req: "auto does not pick it (bf16 changes the image); ask for --backend openvino-bf16",
+                         options=OPTIONS))
 register_backend(Backend("openvino-int8", _int8_why_not, _int8_factory, _describe,
-                         lambda req: "auto does not pick it (8-bit changes the image); ask for --backend openvino-int8"))
+                         lambda req: "auto does not pick it (8-bit changes the image); ask for --backend openvino-int8",
+                         options=OPTIONS))

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from ...errors import StaleArtifactError
-from ...io import atomic_write_text
+from ...io import atomic_write_text, loads_json
 from ...models.bundle import file_sha256
 
 FORMAT, VERSION = "cdx-trt", 1
@@ -101,8 +101,8 @@ def read_engine_manifest(folder, onnx_dir=None) -> dict:
     if not path.is_file():
         raise StaleArtifactError(f"{folder}: no {MANIFEST}, so no usable engines; {rebuild_hint(folder, onnx_dir)}")
     try:
-        manifest = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        manifest = loads_json(path.read_bytes())
+    except ValueError:  # malformed, not UTF-8, or nested too deeply to parse
         raise StaleArtifactError(f"{path}: corrupted or truncated; {rebuild_hint(folder, onnx_dir)}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise StaleArtifactError(f"{path}: not a version-{VERSION} cdx engine manifest; "
