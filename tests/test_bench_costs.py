@@ -21,6 +21,8 @@ def test_evaluations_count_what_the_loop_runs():
     assert calls["mask_unet"] == calls["text_unet"] == n and calls["text_diffuser"] == n and calls["vae_decoder"] == 1
     cached = evaluations(cfg, Sampling(steps=10, cache_interval=3).checked(cfg), names)
     assert cached["text_unet_full"] == -(-n // 3) and cached["text_unet_full"] + cached["text_unet_shallow"] == n
+    reused = evaluations(cfg, Sampling(steps=10, influence_interval=2).checked(cfg), names)
+    assert reused["mask_diffuser"] == -(-n // 2) and reused["mask_unet"] == n
 
 
 def test_gflop_per_network_and_image():

@@ -28,7 +28,8 @@ def network_gflop(model) -> dict[str, float]:
 
 def evaluations(cfg, sampling: Sampling, names: list[str]) -> dict[str, int]:
     """Network calls of one image: encoders once, per step each modality's collaborator (full or, with feature
-    caching, shallow) and diffuser (none for one modality), the VAE decoder once."""
+    caching, shallow), the diffusers every `influence_interval` steps (none for one modality), the VAE decoder
+    once. Influence gating's savings depend on the image and are not counted."""
     n = sampling.table(cfg).num_steps
     k = sampling.cache_interval
     full = -(-n // k)  # refresh steps: 0, K, 2K, ...
@@ -38,7 +39,7 @@ def evaluations(cfg, sampling: Sampling, names: list[str]) -> dict[str, int]:
         if k > 1:
             calls[f"{m}_unet_shallow"] = n - full
         if len(names) > 1:
-            calls[f"{m}_diffuser"] = n
+            calls[f"{m}_diffuser"] = -(-n // sampling.influence_interval)
     calls["vae_decoder"] = 1
     return calls
 
