@@ -47,6 +47,15 @@ SLOW_TESTS = (
     "test_head_pad_tiny_preset_is_already_aligned", "test_edit_on_tensorrt_refuses_engines_that_share_no_weight",
     "test_intermediates_are_each_steps_predicted_x0", "test_guided_bundle_through_onnx_matches_torch",
     "test_openvino_matches_onnxruntime_per_network", "test_a_multistep_sampler_through_the_api",
+    "test_edit_steps_reduce_reconstruction_loss", "test_an_openvino_blob_cdx_did_not_record",
+    "test_a_damaged_openvino_blob_is_compiled_again", "test_unreadable_hash_records_are_written_again",
+    "test_bench_variants_dry_run_exercises_every_stage", "test_run_seed_determinism_and_batch",
+    "test_bench_isolates_backends_and_reports_costs", "test_run_text_and_mask_torch", "test_cdx_run_takes_cond",
+    "test_eval_no_temporal_keeps_each_steps_shaping", "test_edit_bad_inputs", "test_batch_items_are_their_lone",
+    "test_train_cli_all_then_run", "test_run_unimodal", "test_real_networks_eager_step_equals_sample",
+    "test_damaged_bundle_weights", "test_one_pipeline_shared_by_threads", "test_training_off_a_terminal",
+    "test_one_seed_is_the_engines_own_draw", "test_runner_with_the_kernel_matches_the_reference",
+    "test_freeu_onnx_runtime_matches_torch_on_a_tiny_unet",
 )
 
 

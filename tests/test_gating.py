@@ -132,3 +132,15 @@ def test_fast_in_the_http_api():
     assert (req.sampling.sampler, req.sampling.steps) == (FAST["sampler"], FAST["steps"])
     kwargs, _ = request_kwargs(parse_body(b'{"text": "This person has red hair."}'), cfg, ServeOptions())
     assert make_request(cfg, **kwargs).sampling.sampler == "ddim"
+
+
+def test_a_latent_that_is_not_finite_is_an_error_not_an_image():
+    from cdx.errors import CdxError
+    from cdx.sampling.pipeline import decode
+
+    runner = ToyRunner(["mask"])
+    for bad in (float("nan"), float("inf")):
+        z = torch.zeros(1, 3, 4, 4)
+        z[0, 1, 2, 3] = bad
+        with pytest.raises(CdxError, match="not finite"):
+            decode(runner, z)

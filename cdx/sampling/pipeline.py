@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..errors import CdxError
 from ..models.config import ModelConfig
 from ..models.schedule import StepTable
 from .loop import LoopResult, Shaping, draw_item_noise, make_shaping, sample
@@ -102,7 +103,11 @@ def loop(runner: Runner, li: LoopInputs, return_influence: bool = False, trace: 
 
 
 def decode(runner: Runner, z0: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-    """The VAE decoder's image (B, 3, H, W) of the final latents, and its uint8 pixels (B, H, W, 3)."""
+    """The VAE decoder's image (B, 3, H, W) of the final latents, and its uint8 pixels (B, H, W, 3). A latent
+    that is not finite (NaN or inf: extreme settings, damaged weights) is an error, never an image."""
+    if not bool(torch.isfinite(z0).all()):
+        raise CdxError("the sampled latent is not finite (NaN or inf), so there is no image; check the model's "
+                       "files and the settings (guidance, FreeU)")
     image = runner.run("vae_decoder", {"latent": z0})["image"]
     return image, to_uint8(image)
 
