@@ -14,8 +14,9 @@ from cdx.backends.registry import backend_names
 def test_bench_all_covers_every_registered_backend(tiny_bundle, tmp_path, monkeypatch):
     monkeypatch.setenv("CDX_CACHE", str(tmp_path / "cache"))
     js = tmp_path / "bench.json"
-    r = CliRunner().invoke(main, ["bench", "--checkpoint", str(tiny_bundle), "--backends", "all", "--steps", "1",
-                                  "--runs", "1", "--warmup", "0", "--stages", "end_to_end,step", "--json", str(js)])
+    r = CliRunner().invoke(main, ["bench", "--checkpoint", str(tiny_bundle), "--backends", "all", "--in-process",
+                                  "--steps", "1", "--runs", "1", "--warmup", "0", "--stages", "end_to_end,step",
+                                  "--json", str(js)])
     assert r.exit_code == 0, r.output
     rep = json.loads(js.read_text())
     measured = {row["backend"] for row in rep["results"]}
