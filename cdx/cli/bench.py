@@ -83,13 +83,13 @@ def bench(checkpoint, preset, backends, variants, batch, isolate, runs, warmup, 
         raise InputError("--batch and --runs must be >= 1, --warmup >= 0")
     sampling = Sampling.of(**settings)
     steps = sampling.steps
+    check_distinct({"--json": json_path, "--markdown": md_path, "--plot": plot_path},  # a user's file first
+                   {"--mask": mask, "--checkpoint": checkpoint, "--engine-dir": engine_dir})
     if plot_path and importlib.util.find_spec("matplotlib") is None:
         raise InputError("--plot needs matplotlib (pip install matplotlib); drop --plot to bench without it")
     for flag, p in (("--json", json_path), ("--markdown", md_path), ("--plot", plot_path)):
         if p is not None:
             check_output_file(p, flag)
-    check_distinct({"--json": json_path, "--markdown": md_path, "--plot": plot_path},
-                   {"--mask": mask, "--checkpoint": checkpoint, "--engine-dir": engine_dir})
     if variants is not None:
         if checkpoint:
             raise InputError("--variants benches random weights: give --preset, not --checkpoint")
