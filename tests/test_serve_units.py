@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -464,6 +465,18 @@ def test_ingress_drain_closes_every_route(ingress):
 
 
 def test_signals_interrupt_a_start_and_drain_a_server():
+    """Real signals, raised in a fresh interpreter: in a test process that has loaded other native libraries
+    (ONNX Runtime, OpenVINO, torch threads) a raised SIGTERM was seen to crash it."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.path.insert(0, 'tests'); import test_serve_units as t; t._signals_body()"
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def _signals_body():
     import signal
 
     from cdx.serve.lifecycle import StopSignals
