@@ -24,27 +24,37 @@ def _one(backend: str, ckpt, engine_dir, device, preset: str, batch: int, sampli
     return rows, detail, images
 
 
+def _attempt(name: str, fn, skip_unusable: bool, skipped: dict, log):
+    """fn(), or None where it raised a backend's one-line CdxError and unusable backends are skipped (the reason
+    recorded in `skipped` and logged)."""
+    from ..errors import CdxError
+
+    try:
+        return fn()
+    except CdxError as e:
+        if not skip_unusable:
+            raise
+        skipped[name] = str(e)
+        log(f"skipped {name}: {e}")
+        return None
+
+
 def bench_isolated(names: list[str], ckpt, engine_dir, device, preset, batch: int, sampling, runs: int,
                    warmup: int, stages: tuple, mask=None, skip_unusable: bool = False,
                    log=print) -> tuple[list, dict, dict]:
     """(rows, detail, skipped) of every backend, each in its own process; an unusable backend is skipped (with
     `skip_unusable`) or raises its one-line error. Images of the end-to-end stage are compared with torch's."""
-    from ..errors import CdxError
     from .harness import compare_images
 
     ctx = multiprocessing.get_context("spawn")
     rows, detail, skipped, images = [], {}, {}, {}
     for name in names:
         with ctx.Pool(1) as pool:
-            try:
-                r, d, im = pool.apply(_one, (name, ckpt, engine_dir, device, preset, batch, sampling, runs,
-                                             warmup, stages, mask))
-            except CdxError as e:
-                if not skip_unusable:
-                    raise
-                skipped[name] = str(e)
-                log(f"skipped {name}: {e}")
-                continue
+            out = _attempt(name, lambda: pool.apply(_one, (name, ckpt, engine_dir, device, preset, batch, sampling,
+                                                           runs, warmup, stages, mask)), skip_unusable, skipped, log)
+        if out is None:
+            continue
+        r, d, im = out
         rows += r
         detail.update(d)
         images.update(im)
@@ -66,16 +76,13 @@ def bench_backends(names: list[str], every: bool, ckpt, engine_dir, device, pres
     runners = {}
     if not isolate:
         for name in names:
-            try:
-                runners[name], desc = make_runner(name, ckpt, engine_dir, device, feature_cache=sampling.feature_cache,
-                                                  progress=lambda n: log(f"exporting {n} to ONNX (first use)"))
-            except CdxError as e:
-                if not every:
-                    raise
-                skipped[name] = str(e)
-                log(f"skipped {name}: {e}")
-                continue
-            log(desc)
+            made = _attempt(name, lambda: make_runner(name, ckpt, engine_dir, device,
+                                                      feature_cache=sampling.feature_cache,
+                                                      progress=lambda n: log(f"exporting {n} to ONNX (first use)")),
+                            every, skipped, log)
+            if made is not None:
+                runners[name], desc = made
+                log(desc)
     for b in batches:
         if isolate:
             res, det, skip = bench_isolated([n for n in names if n not in skipped], ckpt, engine_dir, device, preset,
