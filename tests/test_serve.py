@@ -1,11 +1,11 @@
 """`cdx serve` end to end: a real `cdx serve` process (its own local Ray instance, loopback only, private
-temp folder), a real HTTP client, the Python API as the reference, a replica killed with ray.kill, the page
-in a real headless Chromium, a quiet log with its ready line, bad options refused before Ray starts, and
-SIGTERM (and SIGINT, started with SIGINT ignored) draining the requests in flight and leaving no Ray process
-behind. Small steps keep it to minutes.
+temp folder), a real HTTP client, the Python API as the reference, a replica killed with ray.kill, a quiet
+log with its ready line, bad options refused before Ray starts, and SIGTERM (and SIGINT, started with SIGINT
+ignored) draining the requests in flight and leaving no Ray process behind. Small steps keep it to minutes.
+The page in headless Chromium is test_serve_page.py.
 
-Skipped (saying why) without the serve extra or Chromium, except where CDX_REQUIRE_SERVE=1 (.ci/run's full
-suite, which installs both), where they fail instead."""
+Skipped (saying why) without the serve extra, except where CDX_REQUIRE_SERVE=1 (.ci/run's full
+suite, which installs it), where they fail instead."""
 from __future__ import annotations
 
 import base64
@@ -253,91 +253,6 @@ def test_overload_gets_503_with_retry_after_and_loses_no_accepted_request(server
             assert r.json()["seeds"] == [i] and len(r.json()["images"]) == 1
     with httpx.Client(timeout=TIMEOUT) as c:  # and it serves again
         assert post(c, server.url, {"text": "a face", "steps": 2}).status_code == 200
-
-
-@pytest.fixture(scope="module")
-def browser():
-    chromium, driver = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-    try:
-        from selenium import webdriver
-    except ImportError:
-        if REQUIRED:
-            raise
-        pytest.skip("selenium is not installed (the serve extra)")
-    if not (chromium.exists() and driver.exists()):
-        if REQUIRED:
-            pytest.fail("CDX_REQUIRE_SERVE=1 but Debian's chromium and chromium-driver are not installed")
-        pytest.skip("Debian's chromium / chromium-driver are not installed")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = str(chromium)
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1100"):
-        opts.add_argument(a)
-    b = webdriver.Chrome(service=webdriver.ChromeService(executable_path=str(driver)), options=opts)
-    b.set_script_timeout(60)
-    yield b
-    b.quit()
-
-
-def _wait(browser, condition, timeout=180):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(browser, timeout).until(condition)
-
-
-def test_page_paints_generates_and_shows_errors(server, browser, tmp_path):
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-
-    browser.get(server.url)
-    _wait(browser, lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1", 60)
-    hat = browser.find_element(By.CSS_SELECTOR, "#palette button[data-cls='14']")
-    assert "hat" in hat.text
-    count = "return window.cdxPage.ids.filter(v => v === arguments[0]).length"
-    assert browser.execute_script(count, 13) > 0  # an example mask is loaded: it has hair
-    browser.find_element(By.ID, "clear").click()
-    assert browser.execute_script(count, 0) == 256 * 256
-    hat.click()
-    canvas = browser.find_element(By.ID, "canvas")
-
-    def paint():
-        strokes = ActionChains(browser).move_to_element_with_offset(canvas, -150, -220).click_and_hold()
-        strokes.move_by_offset(300, 0).move_by_offset(0, 40).move_by_offset(-300, 0).release().perform()
-
-    paint()
-    painted = browser.execute_script(count, 14)
-    assert painted > 1000, painted  # strokes 300 px long on a 512 px view of 256 cells, brush 16
-    browser.find_element(By.ID, "undo").click()
-    assert browser.execute_script(count, 14) == 0
-    paint()
-    assert browser.execute_script(count, 14) == painted
-    browser.find_element(By.CSS_SELECTOR, "#palette button[data-cls='1']").click()  # skin
-    browser.find_element(By.CSS_SELECTOR, "input[name=tool][value=fill]").click()
-    ActionChains(browser).move_to_element_with_offset(canvas, 0, 100).click().perform()
-    assert browser.execute_script(count, 1) == 256 * 256 - painted  # the background region, all of it
-    steps = browser.find_element(By.ID, "steps")
-    steps.clear()
-    steps.send_keys("4")
-    browser.find_element(By.ID, "generate").click()
-    img = _wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#results img"))[0]
-    _wait(browser, lambda b: b.execute_script("return arguments[0].naturalWidth", img) > 0, 30)
-    assert browser.execute_script("return arguments[0].naturalWidth", img) == 64
-    assert browser.find_element(By.ID, "influence-img").get_attribute("src").startswith("data:image/png")
-    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None
-    browser.save_screenshot(str(tmp_path / "page.png"))
-
-    steps.clear()
-    steps.send_keys("0")  # a bad input: the server's one-line message is shown
-    browser.find_element(By.ID, "generate").click()
-    err = browser.find_element(By.ID, "error")
-    _wait(browser, lambda b: err.is_displayed() and "steps 0" in err.text, 60)
-
-    bad = tmp_path / "truncated.png"
-    bad.write_bytes(EXAMPLES[0].read_bytes()[:-40])
-    browser.find_element(By.ID, "file").send_keys(str(bad))
-    _wait(browser, lambda b: "truncated" in err.text, 60)
-    good = EXAMPLES[-1]
-    browser.find_element(By.ID, "file").send_keys(str(good))  # a good one replaces the painting
-    _wait(browser, lambda b: b.execute_script(count, 13) > 0, 60)
 
 
 def _replica_actors():

@@ -14,6 +14,13 @@ def is_terminal() -> bool:
         return False
 
 
+def plural(n: int, unit: str) -> str:
+    """`unit` for a count of `n` ("1 step", "16 batches")."""
+    if n == 1:
+        return unit
+    return unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
+
+
 class Progress:
     """A stage's progress (`with Progress("denoising") as p: p.update(total=n)`). The bar starts on the first
     update, when its total is known (no empty `0step` frame); without a terminal the stage's line is printed
@@ -40,7 +47,7 @@ class Progress:
 
                 self.bar = tqdm(total=self.total, desc=self.desc, unit=self.unit, leave=self.leave, file=sys.stderr)
             else:
-                count = f" ({self.total} {self.unit}s)" if self.total else ""
+                count = f" ({self.total} {plural(self.total, self.unit)})" if self.total else ""
                 click.echo(f"{self.desc}{count} ...", err=True)
         if self.bar is not None:
             if total is not None:

@@ -22,7 +22,7 @@ from ..errors import InputError
 from .batching import Job
 from .drain import DRAIN_RETRY_AFTER_S, Gate, GateMiddleware
 from .options import ServeOptions
-from .schema import http_inputs, parse_body, png_base64, request_kwargs
+from .schema import http_inputs, parse_body, png_base64, prepare
 from .page import examples_payload, label_map_payload, model_payload
 from .security import content_type_error, host_error, loopback_replica_grpc
 
@@ -183,8 +183,6 @@ class Ingress:
 
     @app.post("/v1/generate")
     async def generate(self, request: Request):
-        from ..sampling.request import make_request
-
         self.check(request, json_body=True)
         raw = await read_body(request, self.options.max_body_bytes)
         try:
@@ -192,14 +190,13 @@ class Ingress:
         except InputError as e:
             raise HttpError(422, str(e)) from None
         try:
-            kwargs, guidance = await asyncio.to_thread(request_kwargs, body, self.cfg, self.options)
-            req = await asyncio.to_thread(make_request, self.cfg, **kwargs)
+            req, guidance, warned = await asyncio.to_thread(prepare, body, self.cfg, self.options)
         except InputError as e:
             raise HttpError(400, str(e)) from None
         reply = await self._call_model(Job(req, guidance))
         if reply.error is not None:
             raise HttpError(400 if reply.user_error else 500, reply.error)
-        return await asyncio.to_thread(self._encode, reply, body.return_influence)
+        return await asyncio.to_thread(self._encode, reply, body.return_influence, warned)
 
     async def _call_model(self, job: Job):
         from ray.serve.exceptions import BackPressureError
@@ -219,11 +216,12 @@ class Ingress:
         self.seconds = 0.8 * self.seconds + 0.2 * (time.monotonic() - started)
         return reply
 
-    def _encode(self, reply, with_influence: bool) -> dict:
+    def _encode(self, reply, with_influence: bool, warned: list[str] | None = None) -> dict:
         from ..render import influence_grid
 
         out = {"images": [png_base64(a) for a in reply.arrays], "seeds": reply.seeds, "backend": reply.backend,
-               "modalities": reply.modalities, "timings": reply.timings, "call_images": reply.call_items}
+               "modalities": reply.modalities, "timings": reply.timings, "call_images": reply.call_items,
+               "warnings": list(warned or [])}
         if with_influence and reply.influence is not None:
             grid = influence_grid(reply.influence, reply.modalities, reply.timesteps, columns=10, item=0)
             out["influence"] = png_base64(grid)

@@ -9,12 +9,14 @@ import io
 import os
 import struct
 import tempfile
+import threading
+import warnings
 from typing import Optional, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from ..errors import InputError
+from ..errors import CdxWarning, InputError
 from .options import ServeOptions
 
 Number = Union[StrictInt, StrictFloat]
@@ -116,6 +118,28 @@ def request_kwargs(body: GenerateBody, cfg, options: ServeOptions) -> tuple[dict
     kwargs = dict(text=body.text, mask=mask, seed=body.seed, steps=steps, batch=body.batch,
                   sampler=body.sampler, eta=body.eta, fast=body.fast, return_influence=body.return_influence)
     return kwargs, guidance
+
+
+_CATCHING = threading.Lock()  # warnings.catch_warnings swaps process-wide state: one request at a time
+
+
+def prepare(body: GenerateBody, cfg, options: ServeOptions) -> tuple:
+    """(Request, guidance, warnings) of a parsed body: `request_kwargs` and `make_request`, and the cdx
+    warnings they gave (a caption word the model never saw, a truncated or empty caption: what `cdx run`
+    prints on stderr) as one line each, for the reply's "warnings"."""
+    from ..sampling.request import make_request
+
+    with _CATCHING, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CdxWarning)
+        kwargs, guidance = request_kwargs(body, cfg, options)
+        req = make_request(cfg, **kwargs)
+    said = []
+    for w in caught:
+        if issubclass(w.category, CdxWarning):
+            said.append(" ".join(str(w.message).split()))
+        else:  # another thread's, or not cdx's: shown as it would have been
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return req, guidance, list(dict.fromkeys(said))
 
 
 def http_inputs(options: ServeOptions) -> dict[str, str]:

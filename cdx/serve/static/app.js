@@ -3,7 +3,8 @@
 // mask sent is that exact colouring (a PNG the server maps back to ids), so no stroke is ever blurred.
 "use strict";
 const SIDE = 256;
-const state = { ids: new Uint8Array(SIDE * SIDE), undo: [], cls: 1, palette: [], model: null };
+const state = { ids: new Uint8Array(SIDE * SIDE), undo: [], cls: 1, palette: [], model: null, examples: [],
+                caption: null };  // caption: the last one the page wrote itself (replaced by an example's)
 window.cdxPage = state;  // for people poking at the page from the console, and for the browser test
 const $ = (id) => document.getElementById(id);
 const canvas = $("canvas"), ctx = canvas.getContext("2d");
@@ -28,6 +29,16 @@ function showError(message) {
   const e = $("error");
   e.textContent = message || "";
   e.hidden = !message;
+  if (message) e.scrollIntoView({ block: "nearest" });
+}
+
+// the server's warnings about a request (a caption word the model never saw, ...): what `cdx run` prints
+function showWarnings(lines) {
+  const box = $("warnings");
+  box.replaceChildren(...(lines || []).map((w) => {
+    const p = document.createElement("p"); p.textContent = `warning: ${w}`; return p;
+  }));
+  box.hidden = !box.children.length;
 }
 
 async function api(path, body) {
@@ -51,9 +62,11 @@ function decodeIds(b64) {
 }
 
 // -- painting: a brush stamps discs along the pointer's path, fill replaces one 4-connected region
-function canvasPoint(ev) {
+function canvasPoint(ev) {  // the cell under the pointer (the canvas is shown at any size, inside its border)
   const r = canvas.getBoundingClientRect();
-  return [Math.floor((ev.clientX - r.left) * SIDE / r.width), Math.floor((ev.clientY - r.top) * SIDE / r.height)];
+  const x = (ev.clientX - r.left - canvas.clientLeft) * SIDE / canvas.clientWidth;
+  const y = (ev.clientY - r.top - canvas.clientTop) * SIDE / canvas.clientHeight;
+  return [Math.min(SIDE - 1, Math.max(0, Math.floor(x))), Math.min(SIDE - 1, Math.max(0, Math.floor(y)))];
 }
 
 function stamp(x, y) {
@@ -110,7 +123,10 @@ function buildPalette(classes) {
     const b = document.createElement("button");
     b.type = "button"; b.dataset.cls = c.id; b.setAttribute("role", "radio");
     b.setAttribute("aria-checked", String(c.id === state.cls));
-    b.innerHTML = `<span class="swatch" style="background: rgb(${c.color.join(",")})"></span>${c.id} ${c.name}`;
+    b.title = `${c.name}: CelebAMask-HQ class ${c.id}`;  // the official code, as in the masks and the API
+    const swatch = document.createElement("span");
+    swatch.className = "swatch"; swatch.style.background = `rgb(${c.color.join(",")})`;
+    b.append(swatch, c.label || c.name);
     b.addEventListener("click", () => {
       state.cls = c.id;
       for (const o of box.children) o.setAttribute("aria-checked", String(o === b));
@@ -138,12 +154,27 @@ $("file").addEventListener("change", async () => {
   } catch (err) { showError(`${file.name}: ${err.message}`); }
 });
 
+// an example brings its caption, unless the caption is the user's own
+function useExample(ex, first) {
+  if (first) state.ids = decodeIds(ex.ids); else setIds(decodeIds(ex.ids));
+  $("examples").value = ex.name;
+  const text = $("text");
+  if (ex.caption && text.value === state.caption) { text.value = ex.caption; state.caption = ex.caption; }
+}
+
 $("examples").addEventListener("change", () => {
   const ex = state.examples.find((e) => e.name === $("examples").value);
-  if (ex) setIds(decodeIds(ex.ids));
+  if (ex) useExample(ex, false);
 });
 
 // -- generating
+// the faces, and the status and warnings under them, into view (in one column they are below the palette)
+function reveal() {
+  const out = $("output");
+  if (out.getBoundingClientRect().height <= document.documentElement.clientHeight) out.scrollIntoView({ block: "nearest" });
+  else $("results").scrollIntoView({ block: "start" });
+}
+
 function maskPng() {
   draw();  // the canvas holds exactly the palette colours of state.ids
   return canvas.toDataURL("image/png").split(",")[1];
@@ -156,7 +187,7 @@ $("generate").addEventListener("click", async () => {
                  return_influence: $("influence").checked };
   if ($("use-text").checked) body.text = $("text").value;
   if ($("use-mask").checked) body.mask = maskPng();
-  showError(""); $("generate").disabled = true; $("status").textContent = "generating...";
+  showError(""); showWarnings([]); $("generate").disabled = true; $("status").textContent = "generating...";
   const t0 = performance.now();
   try {
     const out = await api("/v1/generate", body);
@@ -167,30 +198,44 @@ $("generate").addEventListener("click", async () => {
       img.src = `data:image/png;base64,${png}`; img.alt = `face, seed ${out.seeds[i]}`; img.title = `seed ${out.seeds[i]}`;
       results.appendChild(img);
     });
+    showWarnings(out.warnings);
     const fig = $("influence-figure");
     fig.hidden = !out.influence;
-    if (out.influence) $("influence-img").src = `data:image/png;base64,${out.influence}`;
+    if (out.influence) { $("influence-img").src = `data:image/png;base64,${out.influence}`; zoom(false); }
     const t = out.timings;
     $("status").textContent = `${out.images.length} image(s), seeds ${out.seeds.join(", ")}, ${out.modalities.join(" + ")}; ` +
       `${Math.round(performance.now() - t0)} ms (queue ${Math.round(t.queue_ms)}, denoise ${Math.round(t.loop_ms)}, ` +
       `batched with ${out.call_images - out.images.length} other image(s))`;
+    reveal();
   } catch (err) {
     $("status").textContent = ""; showError(err.message);
   } finally { $("generate").disabled = false; }
 });
+
+// the influence grid at its own size (its t labels readable; it scrolls sideways), or twice that
+function zoom(on) {
+  const img = $("influence-img");
+  img.classList.toggle("zoomed", on);
+  img.style.width = on && img.naturalWidth ? `${2 * img.naturalWidth}px` : "";
+  $("zoom").setAttribute("aria-pressed", String(on)); $("zoom").textContent = on ? "zoom out" : "zoom in";
+}
+$("zoom").addEventListener("click", () => zoom(!$("influence-img").classList.contains("zoomed")));
+$("influence-img").addEventListener("click", () => zoom(!$("influence-img").classList.contains("zoomed")));
 
 async function start() {
   try {
     const model = await api("/v1/model");
     state.model = model;
     buildPalette(model.classes);
-    $("backend").textContent = model.backend.split(";")[0];
+    $("backend").textContent = model.backend_label || "";  // never the server's folders
     $("steps").value = Math.min(model.defaults.steps, model.limits.max_steps);
     state.examples = await api("/v1/examples");
     for (const ex of state.examples) {
       const o = document.createElement("option"); o.value = ex.name; o.textContent = ex.name; $("examples").appendChild(o);
     }
-    if (state.examples.length) { state.ids = decodeIds(state.examples[0].ids); $("examples").value = state.examples[0].name; }
+    state.caption = $("text").value;  // the page's own until the user types
+    const first = state.examples.find((e) => e.default) || state.examples[0];
+    if (first) useExample(first, true);
     draw();
     document.body.dataset.ready = "1";
   } catch (err) { showError(`the server is not ready: ${err.message}`); }
