@@ -42,9 +42,17 @@ def test_auto_on_an_x86_cpu_with_openvino_picks_it(registry, monkeypatch):
     monkeypatch.setattr(checks, "cuda_visible", lambda: False)
     monkeypatch.setattr(openvino_runner, "openvino_version", lambda: "2026.4")
     monkeypatch.setattr(openvino_backend.platform, "machine", lambda: "x86_64")
-    assert B.backend_names().index("openvino") < B.backend_names().index("onnxruntime")
+    monkeypatch.setattr(openvino_backend, "native_bf16", lambda: False)
+    names = B.backend_names()
+    assert names.index("openvino-bf16") < names.index("openvino") < names.index("onnxruntime")
     name, why = B.choose_auto(req())
     assert name == "openvino" and "not torch: no CUDA device" in why
+    assert "not openvino-bf16: this CPU has no native bf16" in why
+    monkeypatch.setattr(openvino_backend, "native_bf16", lambda: True)  # measured faster at fp32's quality
+    assert B.choose_auto(req())[0] == "openvino-bf16"
+    assert "not openvino-bf16: it runs the fp32 export" in str(pytest.raises(CdxError, B.choose_auto,
+                                                                              req(dtype=torch.float16)).value)
+    monkeypatch.setattr(openvino_backend, "native_bf16", lambda: False)
     monkeypatch.setattr(openvino_backend.platform, "machine", lambda: "aarch64")  # not measured there
     name, why = B.choose_auto(req())
     assert name == "onnxruntime" and "not openvino: auto picks it on x86 CPUs only" in why
@@ -56,6 +64,8 @@ def test_auto_on_an_x86_cpu_with_openvino_picks_it(registry, monkeypatch):
     monkeypatch.setattr(openvino_runner, "openvino_version", lambda: "2026.4")
     assert B.choose_auto(req())[0] == "torch"
     assert B.choose_auto(req(device="cpu"))[0] == "openvino"
+    monkeypatch.setattr(openvino_backend, "native_bf16", lambda: True)
+    assert B.choose_auto(req())[0] == "torch"  # a GPU still comes first
 
 
 def test_auto_with_a_gpu_picks_the_torch_cuda_path(registry, monkeypatch):
