@@ -45,12 +45,12 @@ def test_registry_names_the_four_samplers_and_refuses_others():
 
 
 @pytest.mark.parametrize("order", [2, 3])
-@pytest.mark.parametrize("steps", [4, 10, 25])
-def test_dpm_solver_matches_diffusers(order, steps):
+@pytest.mark.parametrize("steps,spacing", [(4, "uniform"), (10, "uniform"), (25, "uniform"), (12, "quad")])
+def test_dpm_solver_matches_diffusers(order, steps, spacing):
     """Our table-driven update against diffusers' scheduler: DPM-Solver++ (data prediction, midpoint), the same
     float32 alphas_cumprod, timesteps and final target (sigma_min: alphas_cumprod[0]), lower order final."""
     diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (the test extra has it)")
-    table = get_sampler(f"dpmpp-{order}m").table(ACP, steps, 0.0)
+    table = get_sampler(f"dpmpp-{order}m").table(ACP, steps, 0.0, spacing)
     sch = diffusers.DPMSolverMultistepScheduler(
         num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195,
         solver_order=order, algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=True,

@@ -67,3 +67,38 @@ def test_ddim_eta_above_one_is_refused_because_its_table_has_nan():
     for model_eta, eta in ((0.0, -0.1), (0.0, float("nan")), (2.0, None)):
         with pytest.raises(InputError, match="out of range"):
             resolve_eta(model_eta, eta)
+
+
+def test_quad_spacing_is_the_official_quadratic_discretisation():
+    """The official `ddim_discretize="quad"`: ((linspace(0, sqrt(0.8 T), S))^2).astype(int) + 1, written out
+    here for 10 steps; the steps crowd at low noise; timesteps that round alike run once."""
+    assert list(ddim_timesteps(10, spacing="quad")) == [1, 10, 40, 89, 159, 247, 356, 484, 633, 801]
+    for n in (2, 12, 20, 50, 200):
+        ts = ddim_timesteps(n, spacing="quad")
+        assert ts[0] == 1 and ts[-1] == 801 and np.all(np.diff(ts) > 0)
+        assert len(ts) == len(set((np.linspace(0, np.sqrt(800), n) ** 2).astype(int)))
+        assert np.all(np.diff(np.diff(ts.astype(float))) > -2)  # gaps grow (up to integer rounding)
+    with pytest.raises(ValueError, match="unknown spacing"):
+        ddim_timesteps(10, spacing="cosine")
+    acp = alphas_cumprod(linear_betas())
+    table = ddim_table(acp, 12, eta=1.0, spacing="quad")
+    assert list(table.timesteps) == list(ddim_timesteps(12, spacing="quad")[::-1])
+    assert np.isfinite(table.coeffs).all()
+    np.testing.assert_array_equal(table.coeffs[0, 1], np.sqrt(np.float32(acp[801])))  # B = sqrt(a_t) at t = 801
+    ddpm = ddpm_table(acp, 12, spacing="quad")
+    assert ddpm.timesteps[-1] == 0 and ddpm.coeffs[-1, 5] == 0  # the last step reaches the clean signal
+
+
+def test_spacing_is_a_sampling_setting():
+    from cdx.errors import InputError
+    from cdx.models.config import preset
+    from cdx.sampling.settings import Sampling
+
+    cfg = preset("small")
+    table = Sampling(steps=10, spacing="quad").checked(cfg).table(cfg)
+    assert list(table.timesteps) == [801, 633, 484, 356, 247, 159, 89, 40, 10, 1]
+    assert list(Sampling(steps=10).checked(cfg).table(cfg).timesteps) == list(range(901, 0, -100))
+    with pytest.raises(InputError, match="spacing 'log'"):
+        Sampling(spacing="log").checked(cfg)
+    with pytest.raises(InputError, match="--spacing 'log': choose one of uniform, quad"):
+        Sampling(spacing="log").checked(cfg, flags=True)

@@ -150,7 +150,8 @@ def evaluate(runner: Runner, cfg: ModelConfig, n: int = 128, seed: int = 0, samp
             seconds[m] += time.perf_counter() - t0
             if progress is not None:
                 progress(f"{m}: {hi}/{n}")
-    result = {"n": n, "seed": seed, "steps": int(table.num_steps), "sampler": sampling.sampler, "eta": table.eta,
+    result = {"n": n, "seed": seed, "steps": int(table.num_steps), "sampler": sampling.sampler,
+              "spacing": sampling.spacing, "eta": table.eta,
               "gate": sampling.gate, "cache_interval": sampling.cache_interval,
               "n_ref": max(n_ref, 2), "shaping": bool(cfg.shaping),
               "guidance": {m.name: m.guidance for m in cfg.modalities},
@@ -178,7 +179,8 @@ def markdown_table(result: dict) -> str:
     if pairs:
         head += " collaborative - row: FD | text | mask |"
         rule += " ---: | ---: | ---: |"
-    lines = [f"n = {result['n']}, {result['steps']} {result.get('sampler', 'ddim').upper()} steps "
+    spacing = "" if result.get("spacing", "uniform") == "uniform" else f"{result['spacing']}-spaced "
+    lines = [f"n = {result['n']}, {result['steps']} {spacing}{result.get('sampler', 'ddim').upper()} steps "
              f"(eta {result.get('eta', 0.0):g}), "
              f"official shaping {'on' if result.get('shaping') else 'off'}, "
              f"guidance {guided or 'none'}, seed {result['seed']}, FD against "

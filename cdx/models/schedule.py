@@ -34,15 +34,28 @@ def alphas_cumprod(betas: np.ndarray) -> np.ndarray:
     return np.cumprod(1.0 - betas, axis=0)
 
 
-def ddim_timesteps(num_steps: int, num_train_steps: int = 1000) -> np.ndarray:
-    """The official 'uniform' discretisation, ascending: range(0, T, T // S) + 1.
+SPACINGS = ("uniform", "quad")  # the official code's two DDIM discretisations (its `ddim_discretize`)
 
-    Its quirk is kept: T // S does not always divide T, so asking for 7 steps gives 8. Where the
-    official code would ask for t = T (for example 3 steps: 1, 334, 667, 1000) it fails with an index
-    error; cdx drops that one out-of-range timestep instead.
+
+def ddim_timesteps(num_steps: int, num_train_steps: int = 1000, spacing: str = "uniform") -> np.ndarray:
+    """The official DDIM timesteps, ascending, in one of its two discretisations (+1, as it adds).
+
+    "uniform" (the official default): range(0, T, T // S) + 1. Its quirk is kept: T // S does not always
+    divide T, so asking for 7 steps gives 8. Where the official code would ask for t = T (for example 3
+    steps: 1, 334, 667, 1000) it fails with an index error; cdx drops that one out-of-range timestep.
+
+    "quad" (Song et al. 2021, appendix D.2; the official `ddim_discretize="quad"`): t_i = (i * c)^2 + 1 with
+    c = sqrt(0.8 T) / (S - 1), so the steps crowd at low noise and the first is t ~ 0.8 T. Where small
+    timesteps round to the same integer (more than about 25 steps of 1000), cdx runs each once, where the
+    official code would repeat it.
     """
     if num_steps < 1 or num_steps > num_train_steps:
         raise ValueError(f"steps must be in 1..{num_train_steps}, got {num_steps}")
+    if spacing == "quad":
+        ts = (np.linspace(0, np.sqrt(num_train_steps * 0.8), num_steps) ** 2).astype(np.int64)
+        return np.unique(ts) + 1
+    if spacing != "uniform":
+        raise ValueError(f"unknown spacing {spacing!r} (expected one of {', '.join(SPACINGS)})")
     stride = num_train_steps // num_steps
     ts = np.asarray(list(range(0, num_train_steps, stride)), dtype=np.int64) + 1
     return ts[ts < num_train_steps]
@@ -88,12 +101,12 @@ def resolve_eta(model_eta: float, eta: float | None, flag: str = "--eta") -> flo
     return float(model_eta if eta is None else eta)
 
 
-def ddim_table(acp: np.ndarray, num_steps: int, eta: float = 0.0) -> StepTable:
+def ddim_table(acp: np.ndarray, num_steps: int, eta: float = 0.0, spacing: str = "uniform") -> StepTable:
     """DDIM coefficients exactly as the official sampler rounds them (all scalars float32, from the
-    float32 alphas_cumprod buffer)."""
+    float32 alphas_cumprod buffer), on the timesteps of `spacing` (`ddim_timesteps`)."""
     check_eta(eta, "eta")
     acp = np.asarray(acp, dtype=np.float32)
-    ts = ddim_timesteps(num_steps, acp.shape[0])
+    ts = ddim_timesteps(num_steps, acp.shape[0], spacing)
     a = acp[ts]  # float32
     a_prev = np.asarray([acp[0]] + acp[ts[:-1]].tolist(), dtype=np.float64)  # first is acp[0], not 1
     # The official expression mixes a float32 tensor and float64 arrays: 1 - a_t is rounded to float32.
@@ -118,14 +131,16 @@ def ddim_table(acp: np.ndarray, num_steps: int, eta: float = 0.0) -> StepTable:
     return StepTable(timesteps=ts[::-1].copy(), coeffs=coeffs[::-1].copy(), kind="ddim", eta=float(eta))
 
 
-def ddpm_table(acp: np.ndarray, num_steps: int) -> StepTable:
-    """Ancestral DDPM on the same strided timesteps: posterior q(x_s | x_t, x0) with s the previous step."""
+def ddpm_table(acp: np.ndarray, num_steps: int, spacing: str = "uniform") -> StepTable:
+    """Ancestral DDPM on strided timesteps: posterior q(x_s | x_t, x0) with s the previous step."""
     acp64 = np.asarray(acp, dtype=np.float64)
     n_train = acp64.shape[0]
     if not 1 <= num_steps <= n_train:
         raise ValueError(f"steps must be in 1..{n_train}, got {num_steps}")
-    # t = 0, s, 2s, ... (s = T // N): with N = T this is the original ancestral sampler, t = T-1 .. 0.
-    ts = np.arange(0, n_train, n_train // num_steps, dtype=np.int64)
+    # uniform: t = 0, s, 2s, ... (s = T // N): with N = T this is the original ancestral sampler, t = T-1 .. 0;
+    # quad: DDIM's quadratic timesteps without its +1, so the last step still reaches the clean signal
+    ts = (ddim_timesteps(num_steps, n_train, spacing) - 1 if spacing != "uniform"
+          else np.arange(0, n_train, n_train // num_steps, dtype=np.int64))
     a_t = acp64[ts]
     a_s = np.concatenate([[1.0], acp64[ts[:-1]]])  # before the first timestep the signal is clean
     alpha = a_t / a_s
@@ -139,10 +154,11 @@ def ddpm_table(acp: np.ndarray, num_steps: int) -> StepTable:
     return StepTable(timesteps=ts[::-1].copy(), coeffs=coeffs[::-1].copy(), kind="ddpm", eta=1.0)
 
 
-def make_table(acp: np.ndarray, num_steps: int, sampler: str = "ddim", eta: float = 0.0) -> StepTable:
+def make_table(acp: np.ndarray, num_steps: int, sampler: str = "ddim", eta: float = 0.0,
+               spacing: str = "uniform") -> StepTable:
     """Dispatch on the sampler name."""
     if sampler == "ddim":
-        return ddim_table(acp, num_steps, eta)
+        return ddim_table(acp, num_steps, eta, spacing)
     if sampler == "ddpm":
-        return ddpm_table(acp, num_steps)
+        return ddpm_table(acp, num_steps, spacing)
     raise ValueError(f"unknown sampler {sampler!r} (expected 'ddim' or 'ddpm')")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..errors import InputError
 from ..models.config import ModelConfig
-from ..models.schedule import StepTable, check_eta, resolve_eta
+from ..models.schedule import SPACINGS, StepTable, check_eta, resolve_eta
 from ..validate import check_bool, check_float, check_int
 from .samplers import get_sampler, sampler_names
 
@@ -31,6 +31,9 @@ class Sampling:
         "--steps", "Denoising steps (DDIM's official spacing may run one more).", type=int))
     sampler: str = field(default="ddim", metadata=_option(
         "--sampler", "The sampler of the collaborative loop.", choices=sampler_names()))
+    spacing: str = field(default="uniform", metadata=_option(
+        "--spacing", "Timestep spacing: uniform (the official default) or quad (steps crowded at low noise, the "
+                     "official code's other DDIM discretisation).", choices=SPACINGS))
     eta: float | None = field(default=None, metadata=_option(
         "--eta", "DDIM eta in [0, 1], 0 = deterministic (default: the model's).", type=float))
     shaping: bool | None = field(default=None, metadata=_option(
@@ -67,18 +70,21 @@ class Sampling:
         steps = check_int(self.steps, name["steps"], 1, cfg.timesteps)
         if self.sampler not in sampler_names():
             raise InputError(f"{name['sampler']} {self.sampler!r}: choose one of {', '.join(sampler_names())}")
+        if self.spacing not in SPACINGS:
+            raise InputError(f"{name['spacing']} {self.spacing!r}: choose one of {', '.join(SPACINGS)}")
         check_eta(self.eta, name["eta"])
         if self.eta is not None and not get_sampler(self.sampler).takes_eta:
             raise InputError(f"{name['eta']} {self.eta}: the {self.sampler} sampler has no eta (it is for ddim)")
         eta = None if self.eta is None else float(self.eta)
-        return Sampling(steps=steps, sampler=self.sampler, eta=eta, shaping=check_bool(self.shaping, name["shaping"]),
+        return Sampling(steps=steps, sampler=self.sampler, spacing=self.spacing, eta=eta, shaping=check_bool(self.shaping, name["shaping"]),
                         cache_interval=check_int(self.cache_interval, name["cache_interval"], 1, 1000),
                         influence_interval=check_int(self.influence_interval, name["influence_interval"], 1, 1000),
                         gate=check_float(self.gate, name["gate"], 0.0, 1.0))
 
     def table(self, cfg: ModelConfig) -> StepTable:
         """The per-step coefficient table these settings give with `cfg` (eta None: the model's)."""
-        return get_sampler(self.sampler).table(cfg.alphas_cumprod(), self.steps, resolve_eta(cfg.eta, self.eta))
+        return get_sampler(self.sampler).table(cfg.alphas_cumprod(), self.steps, resolve_eta(cfg.eta, self.eta),
+                                               self.spacing)
 
     def loop_options(self) -> dict:
         """The loop's keyword arguments for the settings that cut network evaluations."""

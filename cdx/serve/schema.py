@@ -34,6 +34,7 @@ class GenerateBody(BaseModel):
     steps: Optional[StrictInt] = None  # None: DEFAULT_STEPS, or the server's limit if that is lower
     batch: StrictInt = 1
     sampler: StrictStr = "ddim"
+    spacing: StrictStr = "uniform"
     guidance: Optional[dict[StrictStr, Number]] = None  # {modality: classifier-free guidance scale}
     eta: Optional[Number] = None
     fast: StrictBool = False  # the fast recipe (cdx.sampling.settings.FAST): replaces sampler and steps
@@ -115,8 +116,8 @@ def request_kwargs(body: GenerateBody, cfg, options: ServeOptions) -> tuple[dict
     guidance = check_guidance(cfg, body.guidance)
     own = {m.name: m.guidance for m in cfg.modalities}
     guidance = {n: s for n, s in (guidance or {}).items() if own[n] != s} or None  # the model's own: no change
-    kwargs = dict(text=body.text, mask=mask, seed=body.seed, steps=steps, batch=body.batch,
-                  sampler=body.sampler, eta=body.eta, fast=body.fast, return_influence=body.return_influence)
+    kwargs = dict(text=body.text, mask=mask, seed=body.seed, steps=steps, batch=body.batch, sampler=body.sampler,
+                  spacing=body.spacing, eta=body.eta, fast=body.fast, return_influence=body.return_influence)
     return kwargs, guidance
 
 

@@ -10,7 +10,6 @@ uses one of them, chosen from the sample's index, the epoch and the seed.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 

@@ -14,7 +14,7 @@ eta does: x_t = (sigma_t / sigma_s) e^-h x_s + alpha_t (1 - e^-2h) (m0 + D1 / 2)
 
 Each is linear in m0, m1, m2: per step, x_t = E x_s + C m0 + H1 m1 + H2 m2. C and E go to the fused kernel's
 columns (schedule.COEFF_NAMES; A = sigma_s and B = alpha_s give m0 = (x - A eps) / B, D = sigma = 0); H1 and
-H2 are `StepTable.history`. The timesteps and the last target are DDIM's (the official spacing, the last
+H2 are `StepTable.history`. The timesteps and the last target are DDIM's (its spacing, the last
 step to alphas_cumprod[0]), so order 1 is DDIM with eta 0. The first steps use lower orders (no history
 yet), and so do the last ones below 15 steps, as in diffusers (lower_order_final).
 """
@@ -56,10 +56,11 @@ def weights(h: float, h_prev: list[float], order: int, alpha_t: float, sde: bool
     return np.array([c, 0.0, 0.0]) + k2 * d1 - k3 * d2
 
 
-def multistep_table(acp: np.ndarray, num_steps: int, order: int, kind: str, sde: bool = False) -> StepTable:
+def multistep_table(acp: np.ndarray, num_steps: int, order: int, kind: str, sde: bool = False,
+                    spacing: str = "uniform") -> StepTable:
     """The step table of DPM-Solver++(order M) on DDIM's timesteps (see the module docstring)."""
     acp32 = np.asarray(acp, dtype=np.float32)
-    ts = ddim_timesteps(num_steps, acp32.shape[0])[::-1].copy()  # sampling order, t descending
+    ts = ddim_timesteps(num_steps, acp32.shape[0], spacing)[::-1].copy()  # sampling order, t descending
     a_s = acp32[ts].astype(np.float64)
     a_t = np.concatenate([acp32[ts[1:]], acp32[:1]]).astype(np.float64)  # the last step goes to acp[0]
     alpha_s, sigma_s, alpha_t, sigma_t = np.sqrt(a_s), np.sqrt(1 - a_s), np.sqrt(a_t), np.sqrt(1 - a_t)

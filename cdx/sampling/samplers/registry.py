@@ -14,7 +14,8 @@ from ...models.schedule import StepTable
 @dataclass(frozen=True)
 class Sampler:
     name: str
-    table: Callable[[np.ndarray, int, float], StepTable]  # (alphas_cumprod, steps, eta) -> its step table
+    # (alphas_cumprod, steps, eta, spacing) -> its step table; spacing: one of models.schedule.SPACINGS
+    table: Callable[[np.ndarray, int, float, str], StepTable]
     describe: str  # one line, with the paper it implements
     takes_eta: bool = False  # whether eta (the step noise) means anything to it
 
