@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Callable
 
@@ -79,3 +80,30 @@ def verified_sha256(folder: str | os.PathLike, names, on_hashed: Callable[[str, 
         except OSError:
             pass  # an unwritable cache only costs hashing again next time
     return out
+
+
+def tree_sha256(folder: str | os.PathLike, skip: Callable[[str], bool] = lambda rel: False
+                ) -> tuple[dict[str, str | None], list[str]]:
+    """({path relative to `folder`: sha256, or None when unreadable} of every regular file under `folder`,
+    [every other entry: links, FIFOs, sockets]), hashed through the folder's record as `verified_sha256` does.
+    Links are listed, never followed; a path `skip(rel)` names is left out, with everything under it."""
+    folder = Path(folder)
+    files, odd = [], []
+    for root, dirs, names in os.walk(folder):
+        base = Path(root).relative_to(folder)
+        for name in list(dirs):
+            rel = (base / name).as_posix()
+            if skip(rel) or os.path.islink(os.path.join(root, name)):
+                dirs.remove(name)  # not entered (os.walk never follows a link, but it lists one among the dirs)
+                if not skip(rel):
+                    odd.append(rel)
+        for name in names:
+            rel = (base / name).as_posix()
+            if skip(rel):
+                continue
+            try:
+                regular = stat.S_ISREG(os.lstat(os.path.join(root, name)).st_mode)
+            except OSError:
+                regular = True  # gone while we looked: hashed as missing
+            (files if regular else odd).append(rel)
+    return verified_sha256(folder, sorted(files)), sorted(odd)

@@ -4,8 +4,10 @@ removing it.
 An entry is cdx's only when it says so: an artifact folder whose own manifest names its format (cdx.io's
 `artifact_format`: ONNX exports, int8 models, random bundles), or a file or folder of the exact shape cdx gives
 the caches it hands to a library (OpenVINO's compiled blobs under a 24-hex-digit export digest, inductor's
-cache), its hash records (`verified/<32 hex>.json`), its editing scratch folders (`tmp/edit-*`) and the
-temporaries of its atomic writes. Anything else in the folder is listed as not cdx's and never removed.
+caches: a 32-hex-digit folder per key with cdx's record `cdx-inductor.json`, or torch's own layout where cdx
+handed it all of inductor/ before), its hash records (`verified/<32 hex>.json`), its editing scratch folders
+(`tmp/edit-*`) and the temporaries of its atomic writes. Anything else in the folder is listed as not cdx's
+and never removed.
 """
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ _VERIFIED = re.compile(r"^[0-9a-f]{32}\.json$")
 _TMP_WRITE = re.compile(r"^\..+\.cdx-tmp-[0-9a-f]{12}(\.lock|\.old)?$")  # cdx.io's atomic temporaries
 # OpenVINO's own CACHE_DIR blobs (cdx before blobs.py), and cdx's blobs with their records (backends/openvino/blobs.py)
 _OPENVINO_FILE = re.compile(r"^(?:[0-9]+\.blob|cdx-[0-9a-f]{32}\.(?:blob|json))$")
+# inductor's caches, one folder per key (backends/pytorch/compile.py: its record, its lock, inductor's own tree)
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+INDUCTOR_RECORD, INDUCTOR_FORMAT = "cdx-inductor.json", "cdx-inductor"
+_INDUCTOR_ITEMS = (INDUCTOR_RECORD, "cdx-inductor.lock", "torch")
 NOTES = {"verified": " (the hashes of checked files, one record per folder)",
          UNFINISHED: " (writes in progress, or left by a killed cdx)",
          FOREIGN: " (cdx did not write these: never removed by cdx cache clean)"}
@@ -123,7 +129,11 @@ def _kind_of(kind: str, path: Path) -> str:
             for p in path.iterdir())
         return kind if ok else FOREIGN
     if kind == "inductor":
-        return kind  # the folder cdx hands torch as TORCHINDUCTOR_CACHE_DIR: all of it is inductor's cache
+        if not _HEX32.match(path.name):
+            return kind  # torch's own layout: cdx once handed it all of inductor/ as TORCHINDUCTOR_CACHE_DIR
+        ok = path.is_dir() and _manifest(path, INDUCTOR_RECORD).get("format") == INDUCTOR_FORMAT and all(
+            _TMP_WRITE.match(p.name) or (p.name in _INDUCTOR_ITEMS and not p.is_symlink()) for p in path.iterdir())
+        return kind if ok else FOREIGN
     if kind == "tmp":
         return kind if path.is_dir() and path.name.startswith("edit-") else FOREIGN
     if kind == "verified":
@@ -144,6 +154,10 @@ def _describe(entries: list[Entry]) -> None:
         elif e.kind == "random":
             m = _manifest(e.path, "bundle.json")
             e.what = _model_label(m.get("config", {}), None, None) + " with random weights"
+        elif e.kind == "inductor" and _HEX32.match(e.path.name):
+            m = _manifest(e.path, INDUCTOR_RECORD)
+            label = _model_label(m.get("config", {}), None, None)
+            e.what = ", ".join(p for p in (label, str(m.get("target", ""))) if p)
     for e in entries:
         digest = None
         if e.kind == "openvino":
