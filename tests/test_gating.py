@@ -74,12 +74,14 @@ def test_the_loop_counts_what_gating_skipped():
 
 def test_fast_is_the_studys_recipe_and_replaces_sampler_steps_and_gate():
     from cdx.models.config import preset
+    from cdx.models.schedule import ddim_timesteps
     from cdx.sampling.settings import FAST, Sampling
 
     cfg = preset("tiny")
-    s = Sampling(steps=50, sampler="ddim", gate=0.3, fast=True).checked(cfg)
-    assert (s.sampler, s.steps, s.gate, s.fast) == (FAST["sampler"], FAST["steps"], FAST["gate"], False)
-    assert s.table(cfg).num_steps <= 20
+    s = Sampling(steps=50, sampler="dpmpp-2m", spacing="uniform", gate=0.3, influence_interval=5,
+                 fast=True).checked(cfg)
+    assert {k: getattr(s, k) for k in FAST} == FAST and not s.fast
+    assert list(s.table(cfg).timesteps) == list(ddim_timesteps(FAST["steps"], cfg.timesteps, FAST["spacing"])[::-1])
 
 
 def test_fast_and_the_gate_through_the_api_and_the_cli(tiny_bundle, tmp_path):
@@ -89,7 +91,10 @@ def test_fast_and_the_gate_through_the_api_and_the_cli(tiny_bundle, tmp_path):
 
     pipe = cdx.Pipeline.load(tiny_bundle, backend="onnxruntime")
     fast = pipe(text="This person has brown hair.", mask=np.zeros((32, 32), np.uint8), seed=1, fast=True)
-    assert len(fast.timesteps) <= 20
+    spaced = pipe(text="This person has brown hair.", mask=np.zeros((32, 32), np.uint8), seed=1, steps=12,
+                  spacing="quad", influence_interval=2)
+    assert list(fast.timesteps) == list(spaced.timesteps) and len(fast.timesteps) == 12
+    assert np.array_equal(np.asarray(fast.images[0]), np.asarray(spaced.images[0]))
     out = tmp_path / "f.png"
     r = CliRunner().invoke(main, ["run", "--checkpoint", str(tiny_bundle), "--backend", "onnxruntime", "--text",
                                   "This person has brown hair.", "--fast", "--seed", "1", "--out", str(out)])
@@ -129,9 +134,12 @@ def test_fast_in_the_http_api():
     cfg = preset("tiny")
     kwargs, _ = request_kwargs(parse_body(b'{"text": "This person has red hair.", "fast": true}'), cfg, ServeOptions())
     req = make_request(cfg, **kwargs)
-    assert (req.sampling.sampler, req.sampling.steps) == (FAST["sampler"], FAST["steps"])
+    assert {k: getattr(req.sampling, k) for k in FAST} == FAST
     kwargs, _ = request_kwargs(parse_body(b'{"text": "This person has red hair."}'), cfg, ServeOptions())
-    assert make_request(cfg, **kwargs).sampling.sampler == "ddim"
+    assert (make_request(cfg, **kwargs).sampling.sampler, make_request(cfg, **kwargs).sampling.spacing) == \
+        ("ddim", "uniform")
+    kwargs, _ = request_kwargs(parse_body(b'{"text": "red hair", "spacing": "quad"}'), cfg, ServeOptions())
+    assert make_request(cfg, **kwargs).sampling.spacing == "quad"
 
 
 def test_a_latent_that_is_not_finite_is_an_error_not_an_image():

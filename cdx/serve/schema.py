@@ -37,7 +37,7 @@ class GenerateBody(BaseModel):
     spacing: StrictStr = "uniform"
     guidance: Optional[dict[StrictStr, Number]] = None  # {modality: classifier-free guidance scale}
     eta: Optional[Number] = None
-    fast: StrictBool = False  # the fast recipe (cdx.sampling.settings.FAST): replaces sampler and steps
+    fast: StrictBool = False  # the fast recipe (cdx.sampling.settings.FAST): replaces sampler, steps, spacing
     return_influence: StrictBool = False
 
 
