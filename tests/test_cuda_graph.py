@@ -731,3 +731,24 @@ def test_gpu_sdpa_fp16_matches_fp32_bmm_attention(dim_head):
         got = fast(x, context).float()
     err = (got - want).norm() / want.norm()
     assert err < 5e-3, f"relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_eager_step_with_influence_reuse_equals_sample(k):
+    """Influence reuse in the graph loop (the diffusers at steps 0, K, 2K, ...; a second graph without them
+    in between) gives the plain loop's result, and the diffusers run only at those steps."""
+    req = toy_request(m=2, eta=1.0, steps=7)
+    seen = []
+    runner = ToyRunner(req.names, seen=seen)
+    ref = sample(runner, *req.args(), return_influence=True, trace=True, influence_interval=k)
+    plan = GP.plan_loop(runner, *req.args(), return_influence=True, trace=True, influence_interval=k)
+    loop = CG.GraphedLoop(runner, plan, mode="eager")
+    seen.clear()
+    assert_same_result(loop(*req.load_args()), ref)
+    diffuser_ts = [t[0] for name, t in seen if name.endswith("_diffuser")]
+    assert diffuser_ts == [int(req.table.timesteps[i]) for i in range(0, 7, k) for _ in range(2)]
+    assert loop._step.influence_refresh  # left as it was
+    every = sample(runner, *req.args(), return_influence=True, trace=True)
+    assert not torch.equal(every.z0, ref.z0)  # reuse changes the result: the comparison above can fail
+    with pytest.raises(ValueError, match="influence_interval"):
+        GP.plan_loop(runner, *req.args(), influence_interval=0)

@@ -91,13 +91,13 @@ def loop(runner: Runner, li: LoopInputs, return_influence: bool = False, trace: 
          influence_interval: int = 1) -> LoopResult:
     """The collaborative loop over `li`: captured as a CUDA graph where asked (None: on a CUDA runner without
     a weighting, gating or feature caching, whose decisions are the host's; the plain loop, with a notice,
-    where it cannot be), else the plain loop."""
-    host_decides = weighting is not None or gate > 0 or cache_interval > 1 or influence_interval > 1
+    where it cannot be), else the plain loop. Influence reuse is captured (its schedule is fixed)."""
+    host_decides = weighting is not None or gate > 0 or cache_interval > 1
     if not host_decides and (cuda_graph or (cuda_graph is None and torch.device(runner.device).type == "cuda")):
         from .graph.capture import sample_graphed
 
         return sample_graphed(runner, *li.args(), return_influence, trace, callback=callback,
-                              streams=getattr(runner, "streams", 1))
+                              streams=getattr(runner, "streams", 1), influence_interval=influence_interval)
     return sample(runner, *li.args(), return_influence, trace, callback=callback, weighting=weighting, gate=gate,
                   cache_interval=cache_interval, influence_interval=influence_interval)
 

@@ -8,6 +8,9 @@ step (N, B, C, h, w) and the contexts. The step index is a device int64 that the
 (t_i and noise_i are gathered by it, the fused kernel reads coeffs[i] through it) and increments at
 its end, so the same graph serves every step. The step body (`GraphedLoop.step`) is the same code
 whether it is captured or run eagerly, which is how the CPU tests check it against `sampler.sample`.
+Influence reuse (the diffusers every K steps, their logits kept in the static stack between) is a schedule
+known before the loop: mode "step" captures a second graph without the diffusers and replays it at the
+steps in between, mode "loop" records each step as it will run.
 
 Any runner whose networks can be launched on the current stream without synchronising qualifies: a
 runner with `enqueue(network, inputs)` on a CUDA device (the torch runners, TensorRTRunner).
@@ -126,7 +129,11 @@ class GraphedLoop:
         pairs = runner.pair_calls(plan.names) if hasattr(runner, "pair_calls") else {}
         self._step = CollaborativeStep(self._launch, plan.names, self.buf.contexts, self.buf.eps, self.buf.logits,
                                        streams, self.combine, pairs)
-        self.graph = None
+        self.graph = self.graph_reuse = None  # the step's graph; with influence reuse, the one without diffusers
+
+    def refreshes(self, i: int) -> bool:
+        """Whether step i runs the dynamic diffusers (influence reuse: every K-th step from 0)."""
+        return i % self.plan.influence_interval == 0
 
     def networks(self) -> None:
         """The step's 2M networks alone at (x, t_i), outputs into the stacks (what benchmarks time)."""
@@ -162,9 +169,19 @@ class GraphedLoop:
             b.trace_x.index_copy_(0, b.step, b.x.unsqueeze(0))
         b.step.add_(1)
 
-    def _body(self) -> None:
-        for _ in range(self.plan.steps if self.mode == "loop" else 1):
+    def _run(self, refresh: bool) -> None:
+        self._step.influence_refresh = refresh
+        try:
             self.step()
+        finally:
+            self._step.influence_refresh = True
+
+    def _body(self, refresh: bool = True) -> None:
+        if self.mode == "loop":
+            for i in range(self.plan.steps):
+                self._run(self.refreshes(i))
+        else:
+            self._run(refresh)
 
     # -- host side
     def load(self, x_T: torch.Tensor, noise: torch.Tensor, contexts: Sequence[torch.Tensor], table: StepTable,
@@ -203,7 +220,10 @@ class GraphedLoop:
         if self.history is not None:
             self.history.x0.zero_()
         # a runner may capture through its own API (TensorRT: cuda-python); else torch's CUDA graph
-        self.graph = getattr(self.runner, "capture", capture)(self._body, self.device)
+        record = getattr(self.runner, "capture", capture)
+        self.graph = record(self._body, self.device)
+        if self.mode == "step" and self.plan.influence_interval > 1:
+            self.graph_reuse = record(lambda: self._body(refresh=False), self.device)
 
     def replay(self, callback: Callable[[int], None] | None = None) -> None:
         """Run the N steps from step 0 on the loaded request; no host synchronisation."""
@@ -212,12 +232,12 @@ class GraphedLoop:
         if self.mode == "eager":
             with torch.inference_mode():
                 for i in range(n):
-                    self.step()
+                    self._run(self.refreshes(i))
                     if callback is not None:
                         callback(i)
         elif self.mode == "step":
             for i in range(n):
-                self.graph.replay()
+                (self.graph if self.refreshes(i) else self.graph_reuse).replay()
                 if callback is not None:
                     callback(i)  # the host runs ahead: the step is queued, not necessarily done
         else:
@@ -287,10 +307,12 @@ def sample_graphed(
     mode: str = "step",
     streams: int = 1,
     combine: Callable | None = None,
+    influence_interval: int = 1,
 ) -> LoopResult:
     """`sampler.sample` replayed from a CUDA graph (same arguments, same result); the plain loop, after a
     one-line GraphFallbackWarning, where the loop cannot be captured."""
-    plan = plan_loop(runner, names, contexts, x_T, noise, table, shaping, return_influence, trace)
+    plan = plan_loop(runner, names, contexts, x_T, noise, table, shaping, return_influence, trace,
+                     influence_interval)
     why = unavailable_reason(runner)
     if why is None:
         try:
@@ -303,6 +325,7 @@ def sample_graphed(
             why = f"capture failed ({type(exc).__name__}: {first})"
     if why is not None:
         _notice(why)
-        return sample(runner, names, contexts, x_T, noise, table, shaping, return_influence, trace, callback)
+        return sample(runner, names, contexts, x_T, noise, table, shaping, return_influence, trace, callback,
+                      influence_interval=influence_interval)
     loop.replay(callback)
     return loop.result()

@@ -95,6 +95,7 @@ class LoopPlan:
     receiver: int
     influence: bool
     trace: bool
+    influence_interval: int = 1  # the diffusers at steps 0, K, 2K, ...; their maps reused in between
 
     @property
     def m(self) -> int:
@@ -146,9 +147,11 @@ def _out_dtype(runner: Runner, network: str) -> torch.dtype:
 
 def plan_loop(runner: Runner, names: Sequence[str], contexts: Sequence[torch.Tensor], x_T: torch.Tensor,
               noise: torch.Tensor, table: StepTable, shaping: Shaping | None = None,
-              return_influence: bool = False, trace: bool = False) -> LoopPlan:
+              return_influence: bool = False, trace: bool = False, influence_interval: int = 1) -> LoopPlan:
     """The buffer plan for one request, after checking that its tensors agree with each other."""
     m, n = len(names), table.num_steps
+    if influence_interval < 1:
+        raise ValueError(f"influence_interval must be >= 1, got {influence_interval}")
     if m < 1 or len(contexts) != m:
         raise ValueError(f"need one context per modality, got {len(contexts)} for {m} modalities")
     if x_T.dim() != 4:
@@ -166,6 +169,7 @@ def plan_loop(runner: Runner, names: Sequence[str], contexts: Sequence[torch.Ten
         logits_dtype=_out_dtype(runner, f"{names[0]}_diffuser") if m > 1 else _out_dtype(runner, f"{names[0]}_unet"),
         contexts=tuple((tuple(c.shape), c.dtype) for c in contexts), layout=layout,
         receiver=shaping.receiver if shaping is not None else -1, influence=return_influence, trace=trace,
+        influence_interval=int(influence_interval),
     )
 
 
