@@ -68,6 +68,8 @@ def plot(results: dict, path: Path) -> None:
     for ax, metric, label in zip(axes, ("fd", "text_acc", "mask_acc"), ("FD (lower is better)", "text accuracy",
                                                                         "mask accuracy")):
         for k, r in results.items():
+            if "@" in k:  # another draw's row: the plot shows seed 1
+                continue
             x = r["evaluations"]
             ax.scatter(x, r[metric], s=18)
             ax.annotate(k, (x, r[metric]), fontsize=6)
@@ -88,12 +90,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results = doc.get("results", doc)  # a file with notes beside its rows keeps them under "results"
     if not args.plot_only:
         for c in CONFIGS:
             if key(c) not in results:
                 results[key(c)] = measure(c, args.n, args.seed, args.runs)
-                args.out.write_text(json.dumps(results, indent=1))
+                args.out.write_text(json.dumps(doc if "results" in doc else results, indent=1))
     plot(results, args.out.with_suffix(".png"))
 
 
