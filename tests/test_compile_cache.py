@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,29 +154,48 @@ def test_cache_ls_and_clean_know_the_folders(cache):
     assert {p.name for p in (cache / "inductor").iterdir()} == {"6" * 32} and (theirs / "notes.txt").is_file()
 
 
+# One compiled call in a fresh interpreter, as a new process makes it: inductor keeps what it loaded in memory,
+# so only a new process reads its disk cache again (the case the record guards).
+CHILD = r"""
+import json, os, sys, torch
+from cdx.backends.registry import make_runner
+bundle, inputs, out = sys.argv[1:4]
+runner, _ = make_runner("torch-compile", bundle, device="cpu")
+notices = []
+runner.notice = notices.append
+torch.save(runner.run("text_unet", torch.load(inputs, weights_only=True)), out)
+cache = os.environ["CDX_CACHE"]
+restored = all(cache not in os.environ.get(v, "") for v in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"))
+print(json.dumps({"folder": str(runner.inductor.folder), "restored": restored,
+                  "notices": [n for n in notices if n.startswith("inductor cache:")]}))
+"""
+
+
 @pytest.mark.slow
-def test_a_damaged_compiled_file_is_compiled_again_and_the_output_is_right(tiny_bundle, cache):
+def test_a_damaged_compiled_file_is_compiled_again_and_the_output_is_right(tiny_bundle, cache, tmp_path):
     """One real compile (text_unet on the CPU); a damaged kernel library is found before torch loads it."""
     inputs = random_inputs(make_runner("torch", tiny_bundle, device="cpu")[0].specs["text_unet"], 1,
                            torch.Generator().manual_seed(5))
+    torch.save(inputs, tmp_path / "inputs.pt")
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
 
-    def run():
-        torch._dynamo.reset()  # a fresh trace, as a new process makes: inductor looks in its cache again
-        runner, _ = make_runner("torch-compile", tiny_bundle, device="cpu")
-        notices = []
-        runner.notice = notices.append
-        out = runner.run("text_unet", inputs)
-        assert _restored(cache)
-        return runner.inductor.folder, out, [n for n in notices if n.startswith("inductor cache:")]
+    def run(n):
+        out = tmp_path / f"out{n}.pt"
+        r = subprocess.run([sys.executable, "-c", CHILD, str(tiny_bundle), str(tmp_path / "inputs.pt"), str(out)],
+                           env=env, capture_output=True, text=True, timeout=1200)
+        assert r.returncode == 0, r.stderr[-3000:]
+        info = json.loads(r.stdout.strip().splitlines()[-1])
+        assert info["restored"]
+        return Path(info["folder"]), torch.load(out, weights_only=True), info["notices"]
 
-    folder, clean, notices = run()
+    folder, clean, notices = run(1)
     assert folder.parent == cache / "inductor" and _fresh(folder) and notices == []
     libs = sorted(p for p in (folder / TREE).rglob("*.so"))
     assert libs and (folder / LOCK).is_file()
     flip_byte(libs[0])
-    folder2, again, notices = run()
+    folder2, again, notices = run(2)
     assert folder2 == folder and len(notices) == 1 and "is damaged (not the bytes cdx recorded)" in notices[0]
     assert libs[0].relative_to(folder).as_posix() in notices[0], notices
     assert all(torch.equal(clean[k], again[k]) for k in clean) and _fresh(folder)
-    _, third, notices = run()
+    _, third, notices = run(3)
     assert notices == [] and all(torch.equal(clean[k], third[k]) for k in clean)
