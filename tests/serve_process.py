@@ -52,31 +52,28 @@ def state(pid: int) -> str:
         return "zombie"
 
 
-def with_dir(path: str) -> set[int]:
-    """Processes whose command line names `path` (Ray's processes name their temp folder)."""
+def _processes(entry: str, text: str, skip_self: bool = False) -> set[int]:
+    """Processes whose /proc/<pid>/<entry> holds `text`."""
     out = set()
     for d in Path("/proc").iterdir():
-        if d.name.isdigit():
+        if d.name.isdigit() and not (skip_self and int(d.name) == os.getpid()):
             try:
-                if path.encode() in (d / "cmdline").read_bytes():
+                if text.encode() in (d / entry).read_bytes():
                     out.add(int(d.name))
             except OSError:
                 pass
     return out
+
+
+def with_dir(path: str) -> set[int]:
+    """Processes whose command line names `path` (Ray's processes name their temp folder)."""
+    return _processes("cmdline", path)
 
 
 def with_env(text: str) -> set[int]:
     """Processes whose environment names `text` (RAY_TMPDIR=<the test's folder>): Ray's agents rename their
     command line (ray::DashboardAgent) but keep the environment they inherited from the server."""
-    out = set()
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if text.encode() in (d / "environ").read_bytes():
-                    out.add(int(d.name))
-            except OSError:
-                pass
-    return out
+    return _processes("environ", text, skip_self=True)
 
 
 def ray_left(server: "Server") -> set[int]:
